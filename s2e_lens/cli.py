@@ -51,9 +51,7 @@ def models_list(as_json: JsonOpt = False) -> None:
             "name": spec.name,
             "params": spec.n_params,
             "upstream": spec.upstream,
-            "weights": f"{spec.packages[-1].dist}=={spec.packages[-1].version}"
-            if len(spec.packages) == 1
-            else f"{spec.packages[0].dist}=={spec.packages[0].version} (+{len(spec.packages) - 1} parts)",
+            "weights": spec.package_summary,
             "quantization": spec.quantization,
             "installed": spec.is_installed(),
             "cached": is_cached(spec),
@@ -117,7 +115,7 @@ def models_show(name: Annotated[str, typer.Argument()] = DEFAULT_MODEL, as_json:
     from s2e_lens.loading import load_model
 
     try:
-        model = load_model(name)
+        model = load_model(name, progress=False)
     except S2EError as err:
         _fail(err)
     typer.echo(json.dumps(model.card.to_dict(), indent=2) if as_json else str(model.card))
@@ -141,7 +139,7 @@ def chat(
 
     try:
         started = time.perf_counter()
-        model = load_model(model_name)
+        model = load_model(model_name, progress=False)
         load_s = time.perf_counter() - started
         settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature)
         started = time.perf_counter()

@@ -13,17 +13,20 @@ No network call happens for 1 and 2.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import (
     AutoConfig,
@@ -39,6 +42,10 @@ from s2e_lens.cache import SOURCE_FILE, atomic_directory, checkpoint_dir
 from s2e_lens.card import ModelCard, count_parameters
 from s2e_lens.errors import HubUnreachableError, UnknownModelError, WeightsCorruptError
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, PackagedModel
+
+# The bridge wraps each transformers module in place; its state-dict keys gain this segment.
+WRAPPER_SEGMENT = "._original_component"
+
 
 @dataclass
 class LoadedModel:
@@ -61,6 +68,14 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's tensors under their transformers names (the bridge's wrapper segments
+        removed), sharing storage with the live model."""
+        return {
+            key.replace(WRAPPER_SEGMENT, ""): value
+            for key, value in self.hf_model.state_dict().items()
+        }
+
 
 def load_model(
     name: str = DEFAULT_MODEL,
@@ -69,7 +84,26 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
 ) -> LoadedModel:
-    """Load ``name`` (packaged model, local directory, or hub id) into a TransformerBridge."""
+    """Load ``name`` (packaged model, local directory, or hub id) into a TransformerBridge.
+
+    ``progress`` shows progress bars (checksum, conversion, weight loading).
+    """
+    with _transformers_progress(progress):
+        return _load(name, device=device, dtype=dtype, progress=progress)
+
+
+@contextlib.contextmanager
+def _transformers_progress(enabled: bool) -> Iterator[None]:
+    """Show or hide transformers' own progress bars for the duration of a load."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+
+
+def _load(name: str, *, device: str | torch.device, dtype: torch.dtype, progress: bool) -> LoadedModel:
     if name in PACKAGED_MODELS:
         spec = PACKAGED_MODELS[name]
         checkpoint = ensure_converted(spec, progress=progress)
@@ -79,7 +113,7 @@ def load_model(
             name=name,
             device=device,
             dtype=dtype,
-            source=f"packaged: {source['packages']} -> {spec.gguf_name} ({spec.quantization})",
+            source=f"packaged: {spec.package_summary} -> {source['gguf']} ({spec.quantization})",
             source_kind="packaged",
             source_sha256=spec.sha256,
             license=spec.license,
@@ -124,6 +158,11 @@ def ensure_converted(spec: PackagedModel, *, progress: bool = True) -> Path:
     target = checkpoint_dir(spec)
     if (target / SOURCE_FILE).is_file():
         return target
+    with _transformers_progress(progress):
+        return _convert(spec, target, progress=progress)
+
+
+def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
     files = spec.data_files()
     for path, size in files:
         if not path.is_file():

