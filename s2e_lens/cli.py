@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List, install and inspect models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 ModelOpt = Annotated[
     str,
@@ -155,6 +157,24 @@ def chat(
         typer.echo(str(model.card) + "\n")
     typer.echo(f"loaded in {load_s:.1f} s; generated {answer.n_tokens} tokens in {gen_s:.1f} s")
     typer.echo(f"user: {prompt}\nmodel: {answer.text}")
+
+
+@bench_app.command("load")
+def bench_load_cmd(
+    model_name: ModelOpt = DEFAULT_MODEL,
+    repeats: Annotated[int, typer.Option(min=1, help="Warm loads to time.")] = 3,
+) -> None:
+    """Time a packaged model's cold load (empty temporary cache) and warm loads.
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench load --model smollm2-135m-instruct
+    """
+    from s2e_lens.bench import bench_load
+
+    try:
+        times = bench_load(model_name, repeats=repeats)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    typer.echo("\n".join(times.lines()))
 
 
 def main() -> None:  # console-script entry point
