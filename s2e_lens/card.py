@@ -30,6 +30,7 @@ class ModelCard:
     source_kind: str  # "packaged" | "local" | "hub" | "in-memory"
     source_sha256: str | None  # of the original weight file, where known
     checkpoint: str | None  # directory the weights were loaded from
+    fingerprint: str  # hash of a sample of the (never edited) embedding matrix
     license: str | None = None
     note: str = ""
 
@@ -59,6 +60,7 @@ class ModelCard:
         ]
         if self.source_sha256:
             rows.append(("sha256", self.source_sha256))
+        rows.append(("fingerprint", self.fingerprint))
         if self.checkpoint:
             rows.append(("checkpoint", self.checkpoint))
         if self.license:

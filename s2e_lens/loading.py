@@ -20,7 +20,8 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from transformers import (
 from s2e_lens.architectures import family_for
 from s2e_lens.cache import SOURCE_FILE, atomic_directory, checkpoint_dir
 from s2e_lens.card import ModelCard, count_parameters
+from s2e_lens.identity import embedding_fingerprint
 from s2e_lens.errors import HubUnreachableError, UnknownModelError, WeightsCorruptError
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, PackagedModel
 
@@ -58,6 +60,8 @@ class LoadedModel:
     bridge: TransformerBridge
     tokenizer: PreTrainedTokenizerBase
     card: ModelCard
+    hf_keys: tuple[str, ...] = ()  # the transformers state-dict keys, in order
+    edits: list[Any] = field(default_factory=list)  # applied plans (s2e_lens.mapper), in order
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -71,10 +75,11 @@ class LoadedModel:
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's tensors under their transformers names (the bridge's wrapper segments
         removed), sharing storage with the live model."""
-        return {
+        wrapped = {
             key.replace(WRAPPER_SEGMENT, ""): value
             for key, value in self.hf_model.state_dict().items()
         }
+        return {key: wrapped[key] for key in self.hf_keys} if self.hf_keys else wrapped
 
 
 def load_model(
@@ -329,6 +334,7 @@ def _boot(
     model = model.to(device).eval()
     config: PretrainedConfig = model.config
     n_params = count_parameters(model)  # before the bridge wraps the modules
+    hf_keys = tuple(model.state_dict().keys())
     bridge = TransformerBridge.boot_transformers(
         source_name, hf_model=model, tokenizer=tokenizer, device=str(device)
     )
@@ -352,7 +358,8 @@ def _boot(
         source_kind=source_kind,
         source_sha256=source_sha256,
         checkpoint=checkpoint,
+        fingerprint=embedding_fingerprint(model),
         license=license,
         note=note,
     )
-    return LoadedModel(bridge=bridge, tokenizer=tokenizer, card=card)
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, card=card, hf_keys=hf_keys)

@@ -1,0 +1,137 @@
+"""Fold an EditPlan into the live model's weights, and take it out again bit for bit.
+
+A head edit writes the head's slice of the attention output projection (``o_proj`` /
+``c_proj`` / ``dense``); a neuron edit writes the neuron's column of the MLP output projection
+(``down_proj`` / ``c_proj`` / ``dense_4h_to_h``). GPT-2's Conv1D stores weights as
+``[in, out]``, transposed relative to ``nn.Linear``. The result is visible through the
+bridge's ``W_O`` / ``W_out`` and in every forward pass, with no hooks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from s2e_lens.errors import S2EError
+from s2e_lens.identity import check_identity
+from s2e_lens.loading import LoadedModel
+from s2e_lens.plan import EditPlan
+
+
+class EditConflictError(S2EError):
+    """Two plans edit the same component with opposite signs."""
+
+
+class RevertError(S2EError):
+    """A revert that would not restore the weights exactly."""
+
+
+@dataclass
+class AppliedEdit:
+    """A plan applied to a model, with the weights it replaced (for an exact revert)."""
+
+    plan: EditPlan
+    saved: dict[tuple[str, int], torch.Tensor] = field(repr=False)  # (kind, layer) -> weight
+    conflicts: pd.DataFrame = field(repr=False)
+
+
+def output_projection(model: LoadedModel, kind: str, layer: int) -> torch.nn.Module:
+    """The transformers module whose weight a ``kind`` ("attn" / "mlp") edit writes."""
+    block = model.bridge.blocks[layer]
+    wrapper = block.attn.o if kind == "attn" else block.mlp.out
+    return wrapper.original_component
+
+
+def _to_layout(delta: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """``delta`` is ``[inputs, d_model]`` (W_O / W_out rows); Linear stores ``[d_model, inputs]``."""
+    return delta if isinstance(module, Conv1D) else delta.T
+
+
+def find_conflicts(model: LoadedModel, plan: EditPlan) -> pd.DataFrame:
+    """Components that an already-applied plan and ``plan`` edit with opposite signs."""
+    rows = []
+    for i, earlier in enumerate(model.edits):
+        for kind, a, b in (
+            ("head", earlier.plan.head_lambda, plan.head_lambda),
+            ("neuron", earlier.plan.neuron_lambda * earlier.plan.neuron_k, plan.neuron_lambda * plan.neuron_k),
+        ):
+            clash = (torch.sign(a) * torch.sign(b)) < 0
+            for layer, index in clash.nonzero().tolist():
+                rows.append({"applied_plan": i, "kind": kind, "layer": layer, "index": index,
+                             "lambda_applied": float(a[layer, index]), "lambda_new": float(b[layer, index])})
+    return pd.DataFrame(rows, columns=["applied_plan", "kind", "layer", "index", "lambda_applied", "lambda_new"])
+
+
+def apply_plan(model: LoadedModel, plan: EditPlan, *, on_conflict: str = "warn") -> AppliedEdit:
+    """Add ``plan``'s rank-1 updates to the weights of ``model``.
+
+    Checks first (identity and shapes, conflicts with plans already applied); the model is
+    untouched if any check fails. ``on_conflict``: "warn" (default), "error" or "ignore".
+    Plans compose: each applied plan stacks on the previous ones; revert in reverse order.
+    """
+    if on_conflict not in ("warn", "error", "ignore"):
+        raise ValueError(f"on_conflict must be warn, error or ignore, got {on_conflict!r}")
+    check_identity(plan.model, model, "this edit plan")
+    card = model.card
+    expected = {
+        "head_lambda": (card.n_layers, card.n_heads),
+        "head_k": (card.n_layers, card.n_heads, card.d_head),
+        "v_hat_attn": (card.n_layers, card.d_model),
+        "neuron_lambda": (card.n_layers, card.d_mlp),
+        "v_hat_mlp": (card.n_layers, card.d_model),
+    }
+    for name, shape in expected.items():
+        if tuple(getattr(plan, name).shape) != shape:
+            raise S2EError(f"edit plan tensor {name} has shape {tuple(getattr(plan, name).shape)}, model needs {shape}")
+    conflicts = find_conflicts(model, plan)
+    if len(conflicts):
+        msg = (f"{len(conflicts)} component(s) are edited with opposite signs by this plan and an "
+               f"applied one (first: {conflicts.iloc[0].to_dict()})")
+        if on_conflict == "error":
+            raise EditConflictError(msg + "; pass on_conflict='warn' to apply anyway")
+        if on_conflict == "warn":
+            warnings.warn(msg, stacklevel=2)
+
+    updates: list[tuple[str, int, torch.Tensor]] = []
+    head_layers = plan.edited_heads.any(-1).nonzero().flatten().tolist()
+    neuron_layers = plan.edited_neurons.any(-1).nonzero().flatten().tolist()
+    if head_layers:
+        dW = plan.delta_W_O()  # [L, H, d_head, d_model]
+        updates += [("attn", l, dW[l].reshape(-1, card.d_model)) for l in head_layers]
+    if neuron_layers:
+        dW = plan.delta_W_out()  # [L, d_mlp, d_model]
+        updates += [("mlp", l, dW[l]) for l in neuron_layers]
+
+    saved: dict[tuple[str, int], torch.Tensor] = {}
+    with torch.no_grad():
+        for kind, layer, delta in updates:
+            module = output_projection(model, kind, layer)
+            saved[(kind, layer)] = module.weight.detach().clone()
+            module.weight.add_(_to_layout(delta, module).to(device=module.weight.device, dtype=module.weight.dtype))
+    applied = AppliedEdit(plan=plan, saved=saved, conflicts=conflicts)
+    model.edits.append(applied)
+    return applied
+
+
+def revert(model: LoadedModel, applied: AppliedEdit | None = None) -> None:
+    """Take the most recently applied plan out, restoring its weights bit for bit."""
+    if not model.edits:
+        raise RevertError("no edit is applied to this model")
+    if applied is not None and applied is not model.edits[-1]:
+        raise RevertError(
+            "only the most recently applied plan can be reverted exactly (plans stack); "
+            "revert the later ones first, or use revert_all(model)"
+        )
+    last = model.edits.pop()
+    with torch.no_grad():
+        for (kind, layer), original in last.saved.items():
+            output_projection(model, kind, layer).weight.copy_(original)
+
+
+def revert_all(model: LoadedModel) -> None:
+    while model.edits:
+        revert(model)

@@ -1,0 +1,58 @@
+"""Contrastive statistics: per-layer means of block outputs and component inputs.
+
+For each set (positive, negative) and each layer: the mean output of the attention block
+(before any post-attention norm) and of the MLP, the mean ``z`` of every head and the mean
+post-activation of every neuron. Means are over each sample's response-predicting positions
+first, then over samples (every sample weighs the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float
+
+POSITIONS_RULE = (
+    "response-predicting positions [start-1, end-1) of each sample, start = token length of the "
+    "rendered prompt; mean over positions within a sample, then over samples"
+)
+
+
+@dataclass
+class SetMeans:
+    """Means over one set (positive or negative)."""
+
+    attn_out: Float[torch.Tensor, "layer d_model"]
+    mlp_out: Float[torch.Tensor, "layer d_model"]
+    z: Float[torch.Tensor, "layer head d_head"]
+    post: Float[torch.Tensor, "layer d_mlp"]
+    n_samples: int
+    n_tokens: int  # response-predicting positions summed over samples
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{k}": getattr(self, k) for k in ("attn_out", "mlp_out", "z", "post")}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, n_samples: int, n_tokens: int) -> SetMeans:
+        return cls(*(tensors[f"{prefix}.{k}"] for k in ("attn_out", "mlp_out", "z", "post")), n_samples, n_tokens)
+
+
+@dataclass
+class ContrastiveStatistics:
+    positive: SetMeans
+    negative: SetMeans
+    model: dict[str, Any]  # identity of the model the statistics came from
+    provenance: dict[str, Any] = field(default_factory=dict)
+    positions: str = POSITIONS_RULE
+
+    @property
+    def mu_z(self) -> Float[torch.Tensor, "layer head d_head"]:
+        """Input mean of each head: the average of the positive and negative means."""
+        return 0.5 * (self.positive.z + self.negative.z)
+
+    @property
+    def mu_post(self) -> Float[torch.Tensor, "layer d_mlp"]:
+        """Input mean of each neuron: the average of the positive and negative means."""
+        return 0.5 * (self.positive.post + self.negative.post)
