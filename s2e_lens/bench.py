@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,3 +63,198 @@ def bench_load(name: str, repeats: int = 3) -> LoadTimes:
             else:
                 os.environ["S2E_CACHE"] = saved
     return LoadTimes(name, import_s, cold, warm)
+
+
+# ---------------------------------------------------------------------------------- engine
+
+_WORDS = (
+    "the model answer question people water city light house time work river music paper "
+    "learn build quickly carefully small large green bright history science market garden "
+    "explain write describe compare because although however therefore simple clear useful"
+).split()
+
+
+def synthetic_set(n: int, seed: int = 0):
+    """``n`` positive and ``n`` negative pairs of English-like text, 12-40 word prompts and
+    8-36 word responses: realistic lengths for timing, no meaning needed."""
+    from s2e_lens.contrastive import ContrastiveSet
+
+    rng = random.Random(seed)
+
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+
+    prompts = [text(12, 40) for _ in range(n)]
+    return ContrastiveSet.from_pairs(
+        [(p, text(8, 36)) for p in prompts], [(p, text(8, 36)) for p in prompts],
+        {"source": f"synthetic timing set, n={n}, seed={seed}"},
+    )
+
+
+def _best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def bench_engine(name: str, n: int = 64, batch_size: int = 8, repeats: int = 3) -> list[str]:
+    """The engine's performance figures on one model, measured in one run."""
+    import torch
+
+    from s2e_lens.activation_steering import steered
+    from s2e_lens.chat import encode_prompt
+    from s2e_lens.contrastive import encode_pairs, make_batches
+    from s2e_lens.edits import EditSettings
+    from s2e_lens.extraction import collect_statistics
+    from s2e_lens.loading import load_model
+    from s2e_lens.mapper import apply_plan, revert
+    from s2e_lens.plan import compute_plan_from_tensors, model_weights
+    from s2e_lens.steering import SteeringVectors
+
+    model = load_model(name, progress=False)
+    card = model.card
+    data = synthetic_set(n)
+    tok = model.tokenizer
+    lines = [f"model {card.name}: {card.n_layers} layers, {card.n_heads_total} heads, "
+             f"{card.n_neurons_total:,} neurons; {n}+{n} samples, batch {batch_size}, "
+             f"torch threads {torch.get_num_threads()}"]
+
+    # 1. extraction vs a plain forward over the same batches
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    samples = sorted(encode_pairs(tok, data.positive) + encode_pairs(tok, data.negative), key=lambda s: s.end)
+    batches = make_batches(samples, batch_size, pad)
+    n_tokens = sum(s.end for s in samples)
+
+    def plain_forward() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model.hf_model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                               position_ids=b.position_ids, use_cache=False)
+
+    def extract() -> None:
+        collect_statistics(model, data, batch_size=batch_size, progress=False)
+
+    def body_forward() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                model.hf_model.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                          position_ids=b.position_ids, use_cache=False)
+
+    plain_forward()  # warm-up
+    t_plain = _best_of(plain_forward, repeats)
+    t_body = _best_of(body_forward, repeats)
+    t_extract = _best_of(extract, repeats)
+    lines.append(f"statistics extraction       {t_extract:7.2f} s  ({n_tokens / t_extract:,.0f} tokens/s, "
+                 f"{n_tokens:,} tokens)")
+    lines.append(f"plain forward, same batches {t_plain:7.2f} s  -> extraction / forward = "
+                 f"{t_extract / t_plain:.2f} (goal <= 1.15)")
+    lines.append(f"body-only forward (no LM head, no hooks) {t_body:.2f} s -> extraction / body = "
+                 f"{t_extract / t_body:.2f} (the hooks' own cost)")
+
+    # 2. naive: batch size 1, full activation cache, then slice (the reference's way)
+    naive_n = min(n, 16)
+    naive_samples = encode_pairs(tok, data.positive[:naive_n]) + encode_pairs(tok, data.negative[:naive_n])
+
+    from s2e_lens.extraction import HOOKS
+
+    wanted = {t.format(l) for t in HOOKS.values() for l in range(card.n_layers)}
+
+    def naive() -> None:  # full activations of the four hooked kinds at every position
+        with torch.inference_mode():
+            for s in naive_samples:
+                _, cache = model.bridge.run_with_cache(torch.tensor([s.ids]), names_filter=lambda k: k in wanted)
+                for key in wanted:
+                    cache[key][0, s.start - 1 : s.end - 1].mean(0)
+
+    t_naive = _best_of(naive, 1) * (2 * n) / len(naive_samples)
+    lines.append(f"naive batch-1 full cache   {t_naive:7.2f} s  (timed on {len(naive_samples)} samples, "
+                 f"scaled) -> ours is {t_naive / t_extract:.1f}x faster (goal >= 5x)")
+
+    # 3. edit computation for every head and neuron
+    stats = collect_statistics(model, data, batch_size=batch_size, progress=False)
+    W_O, W_out = model_weights(model)
+    v_attn = stats.positive.attn_out - stats.negative.attn_out
+    v_mlp = stats.positive.mlp_out - stats.negative.mlp_out
+    settings = EditSettings(rho_attn=0.3, rho_mlp=0.6, alpha=0.8)
+
+    def plan_only():
+        return compute_plan_from_tensors(W_O, W_out, v_attn, v_mlp, stats.mu_z, stats.mu_post, settings)
+
+    t_plan = _best_of(plan_only, repeats)
+    t_weights = _best_of(lambda: model_weights(model), repeats)
+    lines.append(f"edit computation           {t_plan * 1e3:7.1f} ms for {card.n_heads_total} heads and "
+                 f"{card.n_neurons_total:,} neurons (+{t_weights * 1e3:.0f} ms reading W_O, W_out) (goal < 1 s)")
+
+    # 4. peak memory with N and 4N samples, each in a fresh process
+    peaks = {k: _peak_rss(name, k, batch_size) for k in (n, 4 * n)}
+    base = {k: v["before_mb"] for k, v in peaks.items()}
+    top = {k: v["peak_mb"] for k, v in peaks.items()}
+    lines.append(f"peak RSS during extraction (sampled every 2 ms, fresh process each): N={n}: "
+                 f"{top[n]:.0f} MB, 4N={4 * n}: {top[4 * n]:.0f} MB -> ratio {top[4 * n] / top[n]:.3f} "
+                 f"(goal <= 1.1); growth over the RSS before extraction: {top[n] - base[n]:.0f} MB vs "
+                 f"{top[4 * n] - base[4 * n]:.0f} MB")
+
+    # 5. inference: edited vs unedited weights (no hooks) vs activation steering (hooks)
+    ids = torch.tensor([encode_prompt(tok, p.prompt)[:48] for p in data.positive[:8]
+                        if len(encode_prompt(tok, p.prompt)) >= 48][:8] or [[1] * 48])
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model.hf_model(input_ids=ids, use_cache=False)
+
+    plan = plan_only()
+    plan.model = stats.model
+    vectors = SteeringVectors.from_statistics(stats)
+    forward()
+    t_base, t_edit, t_steer = [], [], []
+    for _ in range(max(9, 3 * repeats)):  # interleaved, to share any drift of the machine
+        t_base.append(_best_of(forward, 2))
+        apply_plan(model, plan)
+        t_edit.append(_best_of(forward, 2))
+        revert(model)
+        with steered(model, vectors, 4.0):
+            t_steer.append(_best_of(forward, 2))
+    b, e, s = statistics.median(t_base), statistics.median(t_edit), statistics.median(t_steer)
+    lines.append(f"inference, batch {tuple(ids.shape)}: unedited {b * 1e3:.1f} ms, edited {e * 1e3:.1f} ms, "
+                 f"steered (hooks) {s * 1e3:.1f} ms -> edited / unedited = {e / b:.3f} (goal 1.00 +- 0.03), "
+                 f"steered / unedited = {s / b:.3f}")
+    return lines
+
+
+_PEAK_SCRIPT = """
+import json, os, sys, threading, time
+from s2e_lens.bench import synthetic_set
+from s2e_lens.extraction import collect_statistics
+from s2e_lens.loading import load_model
+
+def rss_mb():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+name, n, bs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+model = load_model(name, progress=False)
+data = synthetic_set(n)
+collect_statistics(model, synthetic_set(2), batch_size=bs, progress=False)  # warm-up allocations
+before = rss_mb()
+peak, done = [before], threading.Event()
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.002)
+thread = threading.Thread(target=sample)
+thread.start()
+collect_statistics(model, data, batch_size=bs, progress=False)
+done.set(); thread.join()
+print(json.dumps({"before_mb": before, "peak_mb": peak[0]}))
+"""
+
+
+def _peak_rss(name: str, n: int, batch_size: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, name, str(n), str(batch_size)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])

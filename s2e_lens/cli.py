@@ -177,6 +177,26 @@ def bench_load_cmd(
     typer.echo("\n".join(times.lines()))
 
 
+@bench_app.command("engine")
+def bench_engine_cmd(
+    model_name: ModelOpt = DEFAULT_MODEL,
+    n: Annotated[int, typer.Option(min=2, help="Samples per set (N); memory is also measured at 4N.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per timing (best of).")] = 3,
+) -> None:
+    """Time statistics extraction, the naive approach, edit computation, memory and inference.
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench engine --n 64
+    """
+    from s2e_lens.bench import bench_engine
+
+    try:
+        lines = bench_engine(model_name, n=n, batch_size=batch_size, repeats=repeats)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    typer.echo("\n".join(lines))
+
+
 def main() -> None:  # console-script entry point
     app()
 

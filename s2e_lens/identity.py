@@ -1,12 +1,13 @@
 """Model identity: what a saved file (statistics, vectors, edit plan) was computed on.
 
-The fingerprint hashes a strided sample of the token-embedding matrix, which Steer2Edit
-never edits, so an edited model keeps the identity of its base model.
+The fingerprint hashes a strided sample of every tensor Steer2Edit never edits, so an edited
+model keeps the identity of its base model.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,12 +24,21 @@ class IdentityMismatchError(S2EError):
     """A file computed on one model applied to another."""
 
 
-def embedding_fingerprint(model: torch.nn.Module, samples: int = 1 << 16) -> str:
-    weight = model.get_input_embeddings().weight.detach()
-    flat = weight.reshape(-1)
-    stride = max(1, flat.numel() // samples)
-    digest = hashlib.sha256(str(tuple(weight.shape)).encode())
-    digest.update(flat[::stride].to(torch.float32).cpu().numpy().tobytes())
+def weights_fingerprint(model: torch.nn.Module, never_edited: Callable[[str], bool], per_tensor: int = 4096) -> str:
+    """Hash of a strided sample of every tensor that Steer2Edit never edits.
+
+    Everything but the attention and MLP output projections enters the hash (embeddings,
+    norms, Q/K/V, MLP input weights, ...), so a model keeps its identity when edited while a
+    fine-tune that changed any of those weights does not share it.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if not never_edited(name) or not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // per_tensor)
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(flat[::stride].to(torch.float32).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -38,10 +38,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from s2e_lens.architectures import family_for
+from s2e_lens.architectures import Family, family_for
 from s2e_lens.cache import SOURCE_FILE, atomic_directory, checkpoint_dir
 from s2e_lens.card import ModelCard, count_parameters
-from s2e_lens.identity import embedding_fingerprint
+from s2e_lens.identity import weights_fingerprint
 from s2e_lens.errors import HubUnreachableError, UnknownModelError, WeightsCorruptError
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, PackagedModel
 
@@ -284,7 +284,7 @@ def _load_directory(
         path, dtype=dtype, attn_implementation="eager"
     )
     return _boot(
-        model, tokenizer, str(path), name=name, device=device, family=family.name,
+        model, tokenizer, str(path), name=name, device=device, family=family,
         source=source, source_kind=source_kind, source_sha256=source_sha256,
         checkpoint=str(path), license=license, note=note,
     )
@@ -311,7 +311,7 @@ def _load_hub(name: str, *, device: str | torch.device, dtype: torch.dtype) -> L
     except OSError as err:
         raise HubUnreachableError(f"could not download the weights of {name!r}: {err}. {hint}") from None
     return _boot(
-        model, tokenizer, name, name=name, device=device, family=family.name,
+        model, tokenizer, name, name=name, device=device, family=family,
         source=f"hub: {name}", source_kind="hub", source_sha256=None, checkpoint=None,
     )
 
@@ -323,7 +323,7 @@ def _boot(
     *,
     name: str,
     device: str | torch.device,
-    family: str,
+    family: Family,
     source: str,
     source_kind: str,
     source_sha256: str | None,
@@ -335,6 +335,8 @@ def _boot(
     config: PretrainedConfig = model.config
     n_params = count_parameters(model)  # before the bridge wraps the modules
     hf_keys = tuple(model.state_dict().keys())
+    edited_suffixes = (f".{family.attn_out}.weight", f".{family.mlp_out}.weight")
+    fingerprint = weights_fingerprint(model, lambda key: not key.endswith(edited_suffixes))
     bridge = TransformerBridge.boot_transformers(
         source_name, hf_model=model, tokenizer=tokenizer, device=str(device)
     )
@@ -342,7 +344,7 @@ def _boot(
     card = ModelCard(
         name=name,
         architecture=type(model).__name__,
-        family=family,
+        family=family.name,
         model_type=config.model_type,
         n_layers=int(cfg.n_layers),
         n_heads=int(cfg.n_heads),
@@ -358,7 +360,7 @@ def _boot(
         source_kind=source_kind,
         source_sha256=source_sha256,
         checkpoint=checkpoint,
-        fingerprint=embedding_fingerprint(model),
+        fingerprint=fingerprint,
         license=license,
         note=note,
     )
