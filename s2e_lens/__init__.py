@@ -28,6 +28,20 @@ except PackageNotFoundError:  # running from a source tree without installation
 # `import s2e_lens` and light CLI commands stay fast.
 _LAZY = {
     "ModelCard": "s2e_lens.card",
+    "Pair": "s2e_lens.contrastive",
+    "ContrastiveSet": "s2e_lens.contrastive",
+    "collect_statistics": "s2e_lens.extraction",
+    "ContrastiveStatistics": "s2e_lens.statistics",
+    "SteeringVectors": "s2e_lens.steering",
+    "EditSettings": "s2e_lens.edits",
+    "EditPlan": "s2e_lens.plan",
+    "compute_plan": "s2e_lens.plan",
+    "orthogonalisation_plan": "s2e_lens.plan",
+    "apply_plan": "s2e_lens.mapper",
+    "revert": "s2e_lens.mapper",
+    "revert_all": "s2e_lens.mapper",
+    "export_model": "s2e_lens.export",
+    "steered": "s2e_lens.activation_steering",
     "Generation": "s2e_lens.generation",
     "GenerationSettings": "s2e_lens.generation",
     "generate": "s2e_lens.generation",
@@ -36,7 +50,16 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from s2e_lens.activation_steering import steered
     from s2e_lens.card import ModelCard
+    from s2e_lens.contrastive import ContrastiveSet, Pair
+    from s2e_lens.edits import EditSettings
+    from s2e_lens.export import export_model
+    from s2e_lens.extraction import collect_statistics
+    from s2e_lens.mapper import apply_plan, revert, revert_all
+    from s2e_lens.plan import EditPlan, compute_plan, orthogonalisation_plan
+    from s2e_lens.statistics import ContrastiveStatistics
+    from s2e_lens.steering import SteeringVectors
     from s2e_lens.generation import Generation, GenerationSettings, generate
     from s2e_lens.loading import LoadedModel, load_model
 
@@ -52,6 +75,20 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ContrastiveSet",
+    "ContrastiveStatistics",
+    "EditPlan",
+    "EditSettings",
+    "Pair",
+    "SteeringVectors",
+    "apply_plan",
+    "collect_statistics",
+    "compute_plan",
+    "export_model",
+    "orthogonalisation_plan",
+    "revert",
+    "revert_all",
+    "steered",
     "DEFAULT_MODEL",
     "PACKAGED_MODELS",
     "Generation",
