@@ -1,0 +1,101 @@
+"""Behaviour builders, interventions and sweep logic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import tiny
+from conftest import tiny_set
+from s2e_lens import behaviours, interventions, sweep
+from s2e_lens.datasets import DataFormatError
+from s2e_lens.evaluation import KLReference
+from s2e_lens.extraction import collect_statistics
+from s2e_lens.loading import load_model
+from s2e_lens.steering import SteeringVectors
+
+
+def test_splits_are_deterministic_and_disjoint() -> None:
+    texts = [f"prompt number {i}" for i in range(400)]
+    tune = behaviours.split(texts, str, "tune")
+    test = behaviours.split(texts, str, "test")
+    assert set(tune).isdisjoint(test) and len(tune) + len(test) == 400
+    assert 150 < len(tune) < 250
+    assert behaviours.split(list(reversed(texts)), str, "tune") == list(reversed(tune))
+    with pytest.raises(ValueError):
+        behaviours.split(texts, str, "train")
+
+
+def test_custom_jsonl_round_trip_and_bad_label(tmp_path: Path) -> None:
+    data = tiny_set(3)
+    behaviours.save_jsonl(data, tmp_path / "b.jsonl")
+    again = behaviours.custom_jsonl(tmp_path / "b.jsonl")
+    assert again.positive == data.positive and again.negative == data.negative
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b", "label": "positive"}\n'
+                                        '{"prompt": "a", "response": "c", "label": "maybe"}\n')
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:2: label 'maybe'"):
+        behaviours.custom_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_compare_matches_steering_levels_with_edits() -> None:
+    frame = pd.DataFrame([
+        {"kind": "none", "label": "unedited", "attribute": 0.0, "utility": 0.50},
+        {"kind": "steer", "label": "g1", "attribute": 0.2, "utility": 0.45},
+        {"kind": "steer", "label": "g2", "attribute": 0.6, "utility": 0.30},
+        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.47},
+        {"kind": "edit", "label": "e2", "attribute": 0.5, "utility": 0.40},
+    ])
+    result = sweep.compare(frame)
+    table = result.table()
+    assert table["steering"].tolist() == ["g2", "g1", "unedited"]
+    assert table["best_edit"].tolist()[:2] == ["e2", "e1"]  # at utility >= 0.30 both qualify
+    assert table["gain"].tolist()[:2] == pytest.approx([0.5 - 0.6, 0.4 - 0.2])
+    assert pd.isna(table["best_edit"].tolist()[2])  # no edit keeps utility 0.50
+    assert result.mean_gain == pytest.approx(0.05)
+    assert [p.label for p in result.frontier_edit] == ["e2", "e1"]
+
+
+def test_sweep_runs_every_intervention_and_restores_the_model(tiny_dirs: dict[str, Path]) -> None:
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    before = {k: v.clone() for k, v in model.hf_state_dict().items()}
+    stats = collect_statistics(model, tiny_set(6), progress=False)
+    vectors = SteeringVectors.from_statistics(stats)
+    probe = torch.randint(len(tiny.SPECIALS), tiny.VOCAB, (1, 8))
+
+    def attribute(m):
+        with torch.no_grad():
+            return {"attribute": float(m.hf_model(probe).logits[0, -1, 10])}
+
+    suite = sweep.Suite("toy", attribute, lambda m: {"utility": 1.0},
+                        KLReference(model, [("hi", "there")]))
+    edits = interventions.edits(model, stats, interventions.grid([0.1, 0.3], [0.0, 0.3], [0.5]))
+    assert len(edits) == 4
+    kept, screening = sweep.prune(model, edits, suite.kl_reference, max_kl=1e9, keep=2)
+    assert len(kept) == 2 and screening["kept"].sum() == 2 and len(screening) == 4
+    candidates = interventions.steering(vectors, [0.5, 1.0]) + kept + [
+        interventions.iti(model, stats, k=2, gamma=1.0), interventions.orthogonalisation(model, vectors)]
+    frame = sweep.run(model, suite, candidates, progress=False)
+    assert frame["kind"].tolist() == ["none", "steer", "steer", "edit", "edit", "iti", "orthogonalise"]
+    assert frame["attribute"].nunique() == 7  # every intervention changes the probe logit
+    assert frame.loc[frame.kind == "none", "kl"].item() == pytest.approx(0.0, abs=1e-9)
+    assert all(torch.equal(v, before[k]) for k, v in model.hf_state_dict().items())
+    assert model.edits == []
+
+
+def test_iti_shifts_only_the_chosen_heads_layers(tiny_dirs: dict[str, Path]) -> None:
+    model = load_model(str(tiny_dirs["gpt2"]), progress=False)
+    stats = collect_statistics(model, tiny_set(5), progress=False)
+    item = interventions.iti(model, stats, k=1, gamma=2.0)
+    [(layer, head)] = item.params["heads"]
+    vectors = SteeringVectors.from_statistics(stats, W_O=model.bridge.W_O.detach())
+    ids = torch.randint(len(tiny.SPECIALS), tiny.VOCAB, (1, 6))
+    name = f"blocks.{layer}.attn.hook_out"
+    with torch.no_grad():
+        _, plain = model.bridge.run_with_cache(ids, names_filter=[name])
+        with item.active(model):
+            _, shifted = model.bridge.run_with_cache(ids, names_filter=[name])
+    torch.testing.assert_close(shifted[name] - plain[name], (2.0 * vectors.v_head[layer, head]).expand_as(plain[name]),
+                               rtol=1e-4, atol=1e-5)
