@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 
 from s2e_lens import metrics
 from s2e_lens.contrastive import ContrastiveSet, ContrastiveSetError, Pair
-from s2e_lens.datasets import DataFormatError, MathItem, TruthfulQAItem, load_safety_prompts, read_jsonl
+from s2e_lens.datasets import (
+    DataFormatError,
+    MathItem,
+    TruthfulQAItem,
+    load_harmful_prompts,
+    load_safety_prompts,
+    read_jsonl,
+)
 from s2e_lens.generation import GenerationSettings, generate
 from s2e_lens.loading import LoadedModel
 
@@ -66,7 +73,7 @@ def safety(
     per prompt from ``model`` and splits them with ``judge`` (substring refusal judge unless
     given); it fails if the model never (or always) refuses.
     """
-    rows = split(load_safety_prompts()["harmful"], lambda r: r["prompt"], part)[:limit]
+    rows = split(load_harmful_prompts(), lambda r: r["prompt"], part)[:limit]
     provenance: dict[str, Any] = {"behaviour": "safety", "mode": mode, "split": part,
                                   "source": "s2e_lens/data/safety/harmful.jsonl", "n_prompts": len(rows)}
     if mode == "teacher_forced":

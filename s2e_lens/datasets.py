@@ -210,11 +210,18 @@ def packaged_file(*parts: str) -> Path:
     return Path(str(files("s2e_lens").joinpath("data", *parts)))
 
 
+def load_harmful_prompts() -> list[dict[str, Any]]:
+    """The project's harmful prompts: rows with ``prompt``, ``refusal``, ``compliance``, ``category``."""
+    return read_jsonl(packaged_file("safety", "harmful.jsonl"),
+                      {"id": "str", "category": "str", "prompt": "str", "refusal": "str", "compliance": "str"})
+
+
+def load_harmless_prompts() -> list[dict[str, Any]]:
+    """The project's harmless prompts: rows with ``prompt``, ``response``, ``category``, ``scary_but_safe``."""
+    return read_jsonl(packaged_file("safety", "harmless.jsonl"),
+                      {"id": "str", "category": "str", "prompt": "str", "response": "str", "scary_but_safe": "bool"})
+
+
 def load_safety_prompts() -> dict[str, list[dict[str, Any]]]:
-    """The project's own safety set: ``harmful`` rows (prompt, refusal, compliance, category)
-    and ``harmless`` rows (prompt, response, category, scary_but_safe)."""
-    harmful = read_jsonl(packaged_file("safety", "harmful.jsonl"),
-                         {"id": "str", "category": "str", "prompt": "str", "refusal": "str", "compliance": "str"})
-    harmless = read_jsonl(packaged_file("safety", "harmless.jsonl"),
-                          {"id": "str", "category": "str", "prompt": "str", "response": "str", "scary_but_safe": "bool"})
-    return {"harmful": harmful, "harmless": harmless}
+    """Both halves of the project's safety set: ``harmful`` and ``harmless`` rows."""
+    return {"harmful": load_harmful_prompts(), "harmless": load_harmless_prompts()}
