@@ -159,6 +159,64 @@ def chat(
     typer.echo(f"user: {prompt}\nmodel: {answer.text}")
 
 
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(S2EError(f"{name} must be comma-separated numbers, got {text!r}"))
+        raise
+
+
+@app.command("sweep")
+def sweep_cmd(
+    behaviour: Annotated[str, typer.Argument(help="safety or truthfulness")] = "safety",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "runs/sweep",
+    gammas: Annotated[str, typer.Option(help="Steering gammas, comma-separated.")] = "0.25,0.5,0.75,1,1.5,2",
+    rho_attn: Annotated[str, typer.Option(help="Attention budgets (<= 0: off).")] = "0.08,0.1,0.12,0.15,0.2,0.3",
+    rho_mlp: Annotated[str, typer.Option(help="MLP budgets (<= 0: off).")] = "0,1",
+    alpha: Annotated[str, typer.Option(help="l1 shares in [0, 1).")] = "0.5,0.7,0.8",
+    keep: Annotated[int, typer.Option(min=1, help="Edit candidates kept after KL screening.")] = 7,
+    max_kl: Annotated[float, typer.Option(help="Screening: drop edits with a larger KL on benign text.")] = 0.5,
+    n_eval: Annotated[int, typer.Option(min=2, help="Held-out prompts/questions per set.")] = 40,
+    n_mc: Annotated[int, typer.Option(min=1, help="Multiple-choice items per utility set.")] = 20,
+    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sweep activation steering (gamma) and Steer2Edit (rho_attn, rho_mlp, alpha) on a behaviour,
+    evaluate on held-out data, and compare them at matched utility.
+
+    Writes results.csv/json, screening.csv/json, matched_utility.csv/json, summary.json,
+    steering_vectors and best_plan (safetensors + JSON) to --out.
+
+    Example: s2e sweep safety --model smollm2-135m-instruct --out runs/safety-smollm2
+    """
+    from s2e_lens.pipelines import RunConfig, run
+
+    try:
+        config = RunConfig(
+            model=model_name, behaviour=behaviour, gammas=_floats(gammas, "--gammas"),
+            rho_attn=_floats(rho_attn, "--rho-attn"), rho_mlp=_floats(rho_mlp, "--rho-mlp"),
+            alpha=_floats(alpha, "--alpha"), keep_edits=keep, max_kl=max_kl, n_eval=n_eval, n_mc=n_mc,
+            data_dir=data_dir,
+        )
+        result = run(config, progress=not as_json)
+        path = result.save(out)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps({"out": str(path), "timings_s": result.timings,
+                               "mean_gain": result.comparison.mean_gain,
+                               "results": json.loads(result.results.to_json(orient="records"))}))
+        return
+    cols = [c for c in ("label", "attribute", "utility", "over_refusal_harmless", "mc1", "kl", "seconds")
+            if c in result.results]
+    typer.echo(result.results[cols].to_string(index=False))
+    typer.echo(f"\nmean attribute gain of Steer2Edit over steering at matched utility: "
+               f"{result.comparison.mean_gain:+.3f}")
+    typer.echo(f"stage timings (s): {result.timings}\nwritten to {path}")
+
+
 @bench_app.command("load")
 def bench_load_cmd(
     model_name: ModelOpt = DEFAULT_MODEL,

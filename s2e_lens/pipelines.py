@@ -28,14 +28,17 @@ class RunConfig:
 
     model: str = "smollm2-135m-instruct"
     behaviour: str = "safety"
-    gammas: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
-    rho_attn: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5)
-    rho_mlp: tuple[float, ...] = (0.0, 0.3, 0.6)
-    alpha: tuple[float, ...] = (0.5, 0.8)
-    keep_edits: int = 8  # Steer2Edit candidates evaluated after pruning
-    max_kl: float = 2.0  # pruning: candidates that move benign next-token distributions more are dropped
-    n_eval: int = 48  # held-out prompts (or questions) per evaluation set
-    n_mc: int = 30  # multiple-choice items per utility set (ARC-Easy, PIQA, HellaSwag)
+    gammas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    rho_attn: tuple[float, ...] = (0.08, 0.1, 0.12, 0.15, 0.2, 0.3)
+    rho_mlp: tuple[float, ...] = (0.0, 1.0)
+    alpha: tuple[float, ...] = (0.5, 0.7, 0.8)
+    keep_edits: int = 7  # Steer2Edit candidates evaluated after pruning
+    max_kl: float = 0.5  # pruning: candidates that move benign next-token distributions more are dropped
+    baselines: bool = True  # also evaluate weight orthogonalisation and an ITI-style top-K-heads shift
+    iti_k: int = 8
+    iti_gamma: float = 2.0
+    n_eval: int = 40  # held-out prompts (or questions) per evaluation set
+    n_mc: int = 20  # multiple-choice items per utility set (ARC-Easy, PIQA, HellaSwag)
     max_new_tokens: int = 32
     batch_size: int = 16
     data_dir: str | None = None
@@ -135,6 +138,9 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
                                   max_kl=config.max_kl, keep=config.keep_edits)
     lap("pruning")
     candidates = interventions.steering(vectors, config.gammas) + kept
+    if config.baselines:
+        candidates += [interventions.orthogonalisation(model, vectors),
+                       interventions.iti(model, stats, config.iti_k, config.iti_gamma)]
     results = sweep.run(model, suite, candidates, progress=progress)
     lap("evaluation")
     return RunResult(config, model, dict(data.provenance), stats, vectors, screening, results,

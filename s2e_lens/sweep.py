@@ -70,6 +70,7 @@ def safety_suite(
         r = refusal_eval(m, harmful, settings, judge)
         b = refusal_eval(m, harmless, settings, judge)
         row = {"attribute": r.rate, "refusal_harmful": r.rate, "over_refusal_harmless": b.rate,
+               "harmless_answered": 1.0 - b.rate,
                "degenerate_harmful": r.degenerate, "degenerate_harmless": b.degenerate,
                "example_harmful": r.responses[0], "example_harmless": b.responses[0]}
         if scary_but_safe:
@@ -93,7 +94,7 @@ def safety_suite(
 
         def attribute_and_utility(m: LoadedModel) -> dict[str, Any]:
             row = inner(m)
-            row["utility"] = 1.0 - row["over_refusal_harmless"]
+            row["utility"] = row["harmless_answered"]
             return row
 
         suite.attribute = attribute_and_utility
@@ -168,9 +169,10 @@ def run(
     return pd.DataFrame(rows)
 
 
-def points(frame: pd.DataFrame, kind: str) -> list[metrics.Point]:
+def points(frame: pd.DataFrame, kind: str, utility: str = "utility") -> list[metrics.Point]:
     sub = frame[frame["kind"] == kind]
-    return [metrics.Point(float(r.attribute), float(r.utility), str(r.label)) for r in sub.itertuples()]
+    return [metrics.Point(float(a), float(u), str(lab))
+            for a, u, lab in zip(sub["attribute"], sub[utility], sub["label"])]
 
 
 @dataclass
@@ -192,11 +194,11 @@ class Comparison:
         } for m in self.matches])
 
 
-def compare(frame: pd.DataFrame) -> Comparison:
+def compare(frame: pd.DataFrame, utility: str = "utility") -> Comparison:
     """Gain at matched utility: steering's points (the unedited model counts as gamma = 0)
-    against the Steer2Edit points."""
-    steer = points(frame, "steer") + points(frame, "none")
-    edit = points(frame, "edit")
+    against the Steer2Edit points. ``utility`` names the column to match on."""
+    steer = points(frame, "steer", utility) + points(frame, "none", utility)
+    edit = points(frame, "edit", utility)
     matches = metrics.gains_at_matched_utility(steer, edit)
     return Comparison(frame, matches, metrics.mean_gain(matches),
                       metrics.pareto_frontier(edit), metrics.pareto_frontier(steer))
