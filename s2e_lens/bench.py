@@ -258,3 +258,55 @@ def _peak_rss(name: str, n: int, batch_size: int) -> dict[str, float]:
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_generate(name: str, batch_size: int = 48, max_new_tokens: int = 32, n: int = 96) -> list[str]:
+    """Tokens/s of s2e_lens generation (bridge-wrapped model, hooks available) against
+    transformers' own ``generate`` on an unwrapped copy of the same checkpoint, same prompts,
+    same batch size, greedy, a fixed number of new tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from s2e_lens.chat import encode_prompt
+    from s2e_lens.generation import GenerationSettings, generate
+    from s2e_lens.loading import load_model
+
+    model = load_model(name, progress=False)
+    if model.card.checkpoint is None:
+        raise ValueError("the generation benchmark needs a model with a local checkpoint")
+    plain = AutoModelForCausalLM.from_pretrained(model.card.checkpoint, attn_implementation="eager").eval()
+    prompts = [p.prompt for p in synthetic_set(n).positive]
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def ours() -> int:
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return sum(g.n_tokens for g in generate(model, prompts, settings))
+
+    def theirs() -> int:
+        total = 0
+        for lo in range(0, len(prompts), batch_size):
+            enc = [encode_prompt(tok, p) for p in prompts[lo : lo + batch_size]]
+            width = max(map(len, enc))
+            ids = torch.full((len(enc), width), pad)
+            mask = torch.zeros_like(ids)
+            for row, e in enumerate(enc):
+                ids[row, width - len(e):] = torch.tensor(e)
+                mask[row, width - len(e):] = 1
+            with torch.inference_mode():
+                out = plain.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                     do_sample=False, pad_token_id=pad)
+            total += int((out[:, width:] != pad).sum())
+        return total
+
+    lines = [f"model {model.card.name}: {n} prompts, batch {batch_size}, up to {max_new_tokens} new tokens, greedy"]
+    results = {}
+    for label, fn in (("s2e_lens generate (bridge)", ours), ("transformers generate (plain)", theirs)):
+        started = time.perf_counter()
+        tokens = fn()
+        seconds = time.perf_counter() - started
+        results[label] = tokens / seconds
+        lines.append(f"{label:32s} {tokens:6d} tokens in {seconds:6.1f} s = {tokens / seconds:6.1f} tokens/s")
+    a, b = results.values()
+    lines.append(f"ratio s2e_lens / transformers = {a / b:.2f}")
+    return lines

@@ -235,6 +235,26 @@ def bench_load_cmd(
     typer.echo("\n".join(times.lines()))
 
 
+@bench_app.command("generate")
+def bench_generate_cmd(
+    model_name: ModelOpt = DEFAULT_MODEL,
+    batch_size: Annotated[int, typer.Option(min=1)] = 48,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    n: Annotated[int, typer.Option(min=1, help="Prompts.")] = 96,
+) -> None:
+    """Tokens/s of s2e_lens generation vs transformers' generate on the same model and batch.
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench generate --batch-size 48
+    """
+    from s2e_lens.bench import bench_generate
+
+    try:
+        lines = bench_generate(model_name, batch_size=batch_size, max_new_tokens=max_new_tokens, n=n)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    typer.echo("\n".join(lines))
+
+
 @bench_app.command("engine")
 def bench_engine_cmd(
     model_name: ModelOpt = DEFAULT_MODEL,
