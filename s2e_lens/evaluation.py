@@ -43,27 +43,31 @@ def score_continuations(
     out: list[Scored | None] = [None] * len(pairs)
     for lo in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
         idx = order[lo : lo + batch_size]
+        for i in idx:
+            if not pairs[i][1]:
+                raise ValueError(f"continuation {i} is empty")
+            if not pairs[i][0]:
+                raise ValueError(f"context {i} is empty: the first token has nothing to condition on")
         seqs = [pairs[i][0] + pairs[i][1] for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, s in enumerate(seqs):
-            ids[row, : len(s)] = torch.tensor(s)
-            mask[row, : len(s)] = 1
+        for row, s in enumerate(seqs):  # left padding: every continuation ends at the last position
+            ids[row, width - len(s) :] = torch.tensor(s)
+            mask[row, width - len(s) :] = 1
+        keep = max(len(pairs[i][1]) for i in idx) + 1  # logits only where a continuation is predicted
         with torch.inference_mode():
-            logits = model.hf_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                    use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, 1:].to(logp.device)
-        token_lp = logp.gather(-1, targets[..., None])[..., 0]
+            logits = model.hf_model(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(model.device),
+                use_cache=False, logits_to_keep=keep,
+            ).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
+        targets = ids[:, width - keep + 1 :].to(logp.device)
+        token_lp = logp.gather(-1, targets[..., None])[..., 0]  # [batch, keep - 1]
         for row, i in enumerate(idx):
-            ctx, cont = pairs[i]
-            if not cont:
-                raise ValueError(f"continuation {i} is empty")
-            if not ctx:
-                raise ValueError(f"context {i} is empty: the first token has nothing to condition on")
-            span = token_lp[row, len(ctx) - 1 : len(ctx) + len(cont) - 1]
-            out[i] = Scored(float(span.sum()), len(cont))
+            n = len(pairs[i][1])
+            out[i] = Scored(float(token_lp[row, token_lp.shape[1] - n :].sum()), n)
     return [s for s in out if s is not None]
 
 

@@ -99,3 +99,29 @@ def test_iti_shifts_only_the_chosen_heads_layers(tiny_dirs: dict[str, Path]) -> 
             _, shifted = model.bridge.run_with_cache(ids, names_filter=[name])
     torch.testing.assert_close(shifted[name] - plain[name], (2.0 * vectors.v_head[layer, head]).expand_as(plain[name]),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_generation_based_builders(tiny_dirs: dict[str, Path]) -> None:
+    from s2e_lens.contrastive import ContrastiveSetError
+    from s2e_lens.datasets import MathItem
+
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    # a random model never refuses: its own responses cannot form both sets
+    with pytest.raises(ContrastiveSetError, match="refused 0% .*use mode='teacher_forced'"):
+        behaviours.safety(model, mode="own", limit=4, samples=2)
+    # a judge that splits on the first character gives both sets, from the model's samples
+    judge = lambda _p, r: r[:1] < "m"  # noqa: E731
+    own = behaviours.safety(model, mode="own", limit=4, samples=3, judge=judge)
+    assert all(judge("", p.response) for p in own.positive) and not any(judge("", p.response) for p in own.negative)
+    assert own.provenance["mode"] == "own" and 0 < own.provenance["refusal_rate_of_own_samples"] < 1
+    items = [MathItem(f"what is {i} plus {i}?", str(2 * i)) for i in range(12)]
+    short = behaviours.concise(model, items, part="all", samples=2, fraction=0.25, max_new_tokens=12)
+    k = max(1, int(short.provenance["n_solutions"] * 0.25))
+    assert len(short.positive) == len(short.negative) == k
+    assert max(short.provenance["shortest_tokens"]) <= min(short.provenance["longest_tokens"])
+    custom = behaviours.custom_generated(model, ["ab", "cd"], judge)
+    assert custom.provenance["mode"] == "generated+judge"
+    teacher = behaviours.safety(part="tune")
+    test = behaviours.safety_prompts("test")
+    assert {p.prompt for p in teacher.positive}.isdisjoint(test["harmful"])
+    assert [p.prompt for p in teacher.positive] == [p.prompt for p in teacher.negative]
