@@ -59,3 +59,13 @@ def test_missing_data_dir_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("S2E_DATA", raising=False)
     with pytest.raises(S2EError, match="set S2E_DATA"):
         D.load_alpaca()
+
+
+def test_truthfulqa_empty_answers_are_dropped(tmp_path: Path) -> None:
+    row = '{"question": "q", "best_answer": "a", "correct_answers": ["a", ""], "incorrect_answers": ["", "b"], "category": "c"}\n'
+    (tmp_path / "t.jsonl").write_text(row)
+    [item] = D.load_truthfulqa(tmp_path, name="t.jsonl")
+    assert item.correct_answers == ("a",) and item.incorrect_answers == ("b",)
+    (tmp_path / "t.jsonl").write_text(row.replace('["", "b"]', '[" "]'))
+    with pytest.raises(D.DataFormatError, match="t.jsonl:1: no non-empty incorrect answer"):
+        D.load_truthfulqa(tmp_path, name="t.jsonl")
