@@ -132,8 +132,9 @@ def prune(
     model: LoadedModel, candidates: Sequence[Intervention], reference: KLReference, *, max_kl: float, keep: int
 ) -> tuple[list[Intervention], pd.DataFrame]:
     """Cheap screening before any generation: KL on a few benign texts for each candidate.
-    Drops candidates whose KL exceeds ``max_kl`` (they break the model), then keeps the
-    ``keep`` with the largest predicted shift (edits) or gamma (steering), spread over KL."""
+    Drops candidates whose KL exceeds ``max_kl`` (they break the model), then keeps ``keep``
+    of the survivors spread evenly over their KL range (mild to strong), so the frontier is
+    sampled across its length. Returns the kept candidates and the screening table."""
     rows = []
     for c in candidates:
         with c.active(model):
