@@ -14,18 +14,22 @@ from s2e_lens.steering import SteeringVectors
 Hook = tuple[str, Callable[..., torch.Tensor]]
 
 
+def shift_hook(shift: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """A hook that adds the fixed vector ``shift`` to its activation at every position."""
+
+    def add(out: torch.Tensor, hook: object) -> torch.Tensor:
+        return out + shift.to(device=out.device, dtype=out.dtype)
+
+    return add
+
+
 def steering_hooks(vectors: SteeringVectors, gamma: float) -> list[Hook]:
     """Hooks adding ``gamma * v_attn[l]`` at ``blocks.l.attn.hook_out`` and ``gamma * v_mlp[l]``
     at ``blocks.l.mlp.hook_out`` (block outputs before any post-norm, raw vectors)."""
     hooks: list[Hook] = []
     for layer in range(vectors.n_layers):
         for kind, v in (("attn", vectors.v_attn[layer]), ("mlp", vectors.v_mlp[layer])):
-            shift = gamma * v
-
-            def add(out: torch.Tensor, hook: object, shift: torch.Tensor = shift) -> torch.Tensor:
-                return out + shift.to(device=out.device, dtype=out.dtype)
-
-            hooks.append((f"blocks.{layer}.{kind}.hook_out", add))
+            hooks.append((f"blocks.{layer}.{kind}.hook_out", shift_hook(gamma * v)))
     return hooks
 
 

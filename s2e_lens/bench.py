@@ -198,8 +198,8 @@ def bench_engine(name: str, n: int = 64, batch_size: int = 8, repeats: int = 3) 
                  f"{top[4 * n] - base[4 * n]:.0f} MB")
 
     # 5. inference: edited vs unedited weights (no hooks) vs activation steering (hooks)
-    ids = torch.tensor([encode_prompt(tok, p.prompt)[:48] for p in data.positive[:8]
-                        if len(encode_prompt(tok, p.prompt)) >= 48][:8] or [[1] * 48])
+    encoded = [encode_prompt(tok, p.prompt) for p in data.positive]
+    ids = torch.tensor([e[:48] for e in encoded if len(e) >= 48][:8] or [[1] * 48])
 
     def forward() -> None:
         with torch.inference_mode():

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from s2e_lens.activation_steering import Hook, steering_hooks
+from s2e_lens.activation_steering import Hook, shift_hook, steering_hooks
 from s2e_lens.edits import EditSettings
 from s2e_lens.loading import LoadedModel
 from s2e_lens.mapper import apply_plan, revert
@@ -121,9 +121,5 @@ def iti(model: LoadedModel, stats: ContrastiveStatistics, k: int, gamma: float) 
     per_layer: dict[int, torch.Tensor] = {}
     for layer, head in chosen:
         per_layer[layer] = per_layer.get(layer, 0) + gamma * vectors.v_head[layer, head]
-    hooks: list[Hook] = []
-    for layer, shift in per_layer.items():
-        def add(out: torch.Tensor, hook: object, shift: torch.Tensor = shift) -> torch.Tensor:
-            return out + shift.to(device=out.device, dtype=out.dtype)
-        hooks.append((f"blocks.{layer}.attn.hook_out", add))
+    hooks: list[Hook] = [(f"blocks.{layer}.attn.hook_out", shift_hook(shift)) for layer, shift in per_layer.items()]
     return Intervention("iti", f"iti k={k} gamma={gamma:g}", {"k": k, "gamma": gamma, "heads": chosen}, hooks=hooks)

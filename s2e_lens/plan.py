@@ -251,7 +251,7 @@ def compute_plan(
 
     settings = settings or EditSettings()
     check_identity(stats.model, model, "these statistics")
-    if getattr(model, "edits", None):
+    if model.edits:
         raise PlanError(
             "the model has edits applied; plans are computed on the unedited weights. "
             "Revert them first (s2e_lens.mapper.revert_all(model))."

@@ -31,13 +31,6 @@ class SetMeans:
     n_samples: int
     n_tokens: int  # response-predicting positions summed over samples
 
-    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.{k}": getattr(self, k) for k in ("attn_out", "mlp_out", "z", "post")}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str, n_samples: int, n_tokens: int) -> SetMeans:
-        return cls(*(tensors[f"{prefix}.{k}"] for k in ("attn_out", "mlp_out", "z", "post")), n_samples, n_tokens)
-
 
 @dataclass
 class ContrastiveStatistics:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from s2e_lens import serialization
+from s2e_lens import edits, serialization
 from s2e_lens.statistics import POSITIONS_RULE, ContrastiveStatistics
 
 
@@ -66,9 +66,7 @@ class SteeringVectors:
 
     def unit(self, kind: str) -> Float[torch.Tensor, "layer d_model"]:
         """``v_hat`` per layer for ``kind`` in {"attn", "mlp"}; zero vectors stay zero."""
-        v = self.v_attn if kind == "attn" else self.v_mlp
-        norm = v.norm(dim=-1, keepdim=True)
-        return torch.where(norm > 0, v / norm.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(v))
+        return edits.unit(self.v_attn if kind == "attn" else self.v_mlp)
 
     def cosine_across_layers(self, kind: str = "attn") -> Float[torch.Tensor, "layer layer"]:
         """Cosine similarity between the layers' vectors of one kind."""

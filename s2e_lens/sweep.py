@@ -75,6 +75,8 @@ def safety_suite(
                "example_harmful": r.responses[0], "example_harmless": b.responses[0]}
         if scary_but_safe:
             row["over_refusal_scary"] = refusal_eval(m, scary_but_safe, settings, judge).rate
+        if not mc_items:  # utility = share of harmless prompts answered
+            row["utility"] = row["harmless_answered"]
         return row
 
     def utility(m: LoadedModel) -> dict[str, Any]:
@@ -86,19 +88,9 @@ def safety_suite(
             row["utility"] = row["mc_accuracy"]
         return row
 
-    suite = Suite("safety", attribute, utility,
-                  KLReference(model, benign_pairs[:16]) if benign_pairs else None,
-                  {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_mc": len(mc_items)})
-    if not mc_items:  # utility = 1 - over-refusal on harmless prompts
-        inner = suite.attribute
-
-        def attribute_and_utility(m: LoadedModel) -> dict[str, Any]:
-            row = inner(m)
-            row["utility"] = row["harmless_answered"]
-            return row
-
-        suite.attribute = attribute_and_utility
-    return suite
+    return Suite("safety", attribute, utility,
+                 KLReference(model, benign_pairs[:16]) if benign_pairs else None,
+                 {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_mc": len(mc_items)})
 
 
 def truthfulness_suite(
