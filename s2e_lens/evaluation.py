@@ -6,10 +6,11 @@ same call measures any intervention.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from s2e_lens import metrics
@@ -29,25 +30,27 @@ class Scored:
         return metrics.length_normalised(self.logprob, self.n_tokens)
 
 
-def score_continuations(
+def continuation_logprobs(
     model: LoadedModel,
     pairs: Sequence[tuple[list[int], list[int]]],
     *,
     batch_size: int = 16,
     progress: bool = False,
-) -> list[Scored]:
-    """Log-probability of each continuation (token ids) given its context (token ids)."""
+) -> Iterator[tuple[int, Float[torch.Tensor, "n_cont vocab"]]]:
+    """For each (context, continuation) pair of token ids, the log-softmax over the vocabulary
+    at the positions that predict the continuation's tokens. Yields ``(index, logprobs)`` in
+    batches sorted by length (not in input order). Left padding with explicit position ids, so
+    a padded row computes exactly what it would alone; logits only where they are needed."""
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for i, (ctx, cont) in enumerate(pairs):
+        if not cont:
+            raise ValueError(f"continuation {i} is empty")
+        if not ctx:
+            raise ValueError(f"context {i} is empty: the first token has nothing to condition on")
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    out: list[Scored | None] = [None] * len(pairs)
     for lo in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
         idx = order[lo : lo + batch_size]
-        for i in idx:
-            if not pairs[i][1]:
-                raise ValueError(f"continuation {i} is empty")
-            if not pairs[i][0]:
-                raise ValueError(f"context {i} is empty: the first token has nothing to condition on")
         seqs = [pairs[i][0] + pairs[i][1] for i in idx]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -63,11 +66,23 @@ def score_continuations(
                 use_cache=False, logits_to_keep=keep,
             ).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
-        targets = ids[:, width - keep + 1 :].to(logp.device)
-        token_lp = logp.gather(-1, targets[..., None])[..., 0]  # [batch, keep - 1]
         for row, i in enumerate(idx):
             n = len(pairs[i][1])
-            out[i] = Scored(float(token_lp[row, token_lp.shape[1] - n :].sum()), n)
+            yield i, logp[row, logp.shape[1] - n :]
+
+
+def score_continuations(
+    model: LoadedModel,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[Scored]:
+    """Log-probability of each continuation (token ids) given its context (token ids)."""
+    out: list[Scored | None] = [None] * len(pairs)
+    for i, logp in continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress):
+        cont = torch.tensor(pairs[i][1], device=logp.device)
+        out[i] = Scored(float(logp.gather(-1, cont[:, None]).sum()), len(pairs[i][1]))
     return [s for s in out if s is not None]
 
 
@@ -114,14 +129,10 @@ class KLReference:
         self.reference = self._logprobs(model)
 
     def _logprobs(self, model: LoadedModel) -> list[torch.Tensor]:
-        out = []
-        for ctx, cont in self.encoded:
-            ids = torch.tensor([ctx + cont], device=model.device)
-            with torch.inference_mode():
-                logits = model.hf_model(input_ids=ids, use_cache=False).logits[0].float()
-            # positions predicting the response tokens
-            out.append(torch.log_softmax(logits[len(ctx) - 1 : len(ctx) + len(cont) - 1], dim=-1).cpu())
-        return out
+        out: list[torch.Tensor | None] = [None] * len(self.encoded)
+        for i, logp in continuation_logprobs(model, self.encoded, batch_size=self.batch_size):
+            out[i] = logp.cpu()
+        return [t for t in out if t is not None]
 
     def kl(self, model: LoadedModel) -> float:
         current = self._logprobs(model)

@@ -95,6 +95,14 @@ def utility_items(config: RunConfig) -> list[MultipleChoice]:
     return items
 
 
+def benign_pairs(n: int = 24) -> list[tuple[str, str]]:
+    """Benign (prompt, reference response) pairs for cross-entropy and KL: the first ``n``
+    harmless rows of the project's prompt set in the tune split, the same for every behaviour
+    (the safety evaluation draws its harmless prompts from the test split)."""
+    rows = [r for r in datasets.load_safety_prompts()["harmless"] if behaviours.split_of(r["prompt"]) == "tune"]
+    return [(r["prompt"], r["response"]) for r in rows[:n]]
+
+
 def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool = True) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -110,8 +118,7 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     if config.behaviour == "safety":
         data = behaviours.safety(part="tune")
         test = behaviours.safety_prompts("test")
-        benign = [(r["prompt"], r["response"]) for r in datasets.load_safety_prompts()["harmless"]
-                  if behaviours.split_of(r["prompt"]) == "tune"][:24]
+        benign = benign_pairs()
         mc = utility_items(config)
         suite = sweep.safety_suite(
             model, test["harmful"][: config.n_eval], test["harmless"][: config.n_eval],
@@ -122,7 +129,7 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         items = datasets.load_truthfulqa(config.data_dir)
         data = behaviours.truthfulness(items, part="tune")
         test_items = behaviours.split(items, lambda it: it.question, "test")[: config.n_eval * 2]
-        benign = [(r["prompt"], r["response"]) for r in datasets.load_safety_prompts()["harmless"]][:24]
+        benign = benign_pairs()
         suite = sweep.truthfulness_suite(model, test_items, mc_items=utility_items(config), benign_pairs=benign)
     else:
         raise ValueError(f"behaviour must be safety or truthfulness here, got {config.behaviour!r}")

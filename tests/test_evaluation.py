@@ -64,8 +64,23 @@ def test_cross_entropy_and_kl(tiny_dirs: dict[str, Path]) -> None:
     manual = [manual_logprob(model, encode_prompt(tok, p), encode_response(tok, r)) for p, r in pairs]
     n = sum(len(encode_response(tok, r)) for _, r in pairs)
     assert ce == pytest.approx(-sum(manual) / n, rel=1e-4)
-    ref = KLReference(model, pairs)
+    pairs += [("a much longer prompt so that batches need padding", "ok")]
+    encoded = [(encode_prompt(tok, p), encode_response(tok, r)) for p, r in pairs]
+
+    def alone() -> list[torch.Tensor]:  # one unpadded forward per text, by hand
+        out = []
+        for ctx, cont in encoded:
+            with torch.no_grad():
+                logits = model.hf_model(input_ids=torch.tensor([ctx + cont])).logits[0].float()
+            out.append(torch.log_softmax(logits[len(ctx) - 1 : -1], -1))
+        return out
+
+    ref = KLReference(model, pairs, batch_size=2)
+    before = alone()
     assert ref.kl(model) == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         model.hf_model.lm_head.weight.mul_(1.5)  # a sharper model is a different model
-    assert ref.kl(model) > 1e-3
+    after = alone()
+    manual_kl = sum(float((r.exp() * (r - c)).sum()) for r, c in zip(before, after)) / sum(len(r) for r in before)
+    assert manual_kl > 1e-3
+    assert ref.kl(model) == pytest.approx(manual_kl, rel=1e-4)
