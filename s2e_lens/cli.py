@@ -275,6 +275,358 @@ def bench_engine_cmd(
     typer.echo("\n".join(lines))
 
 
+# ------------------------------------------------------------------------ the main job
+
+
+BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
+
+
+@app.command("run")
+def run_cmd(
+    behaviour: BehaviourArg = "safety",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output directory (default runs/BEHAVIOUR-MODEL).")] = None,
+    preset: Annotated[str, typer.Option(help="quick (minutes on 2 CPU cores) or full (the README's sweeps).")] = "quick",
+    n_eval: Annotated[int | None, typer.Option(min=2, help="Override: held-out prompts/questions per set.")] = None,
+    n_mc: Annotated[int | None, typer.Option(min=1, help="Override: multiple-choice items per utility set.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job: data -> statistics -> steering vectors -> Steer2Edit candidates ->
+    held-out evaluation against activation steering -> example generations -> figures ->
+    report.html and report.md in --out.
+
+    Example: s2e run safety --model smollm2-135m-instruct --out runs/demo
+    """
+    from s2e_lens.pipelines import RunConfig, main_job
+
+    overrides = {k: v for k, v in {"n_eval": n_eval, "n_mc": n_mc}.items() if v is not None}
+    try:
+        config = RunConfig.preset(behaviour, preset, model=model_name, data_dir=data_dir, **overrides)
+        target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
+        started = time.perf_counter()
+        report_path = main_job(config, target, progress=not as_json)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    summary = json.loads((report_path.parent / "summary.json").read_text())
+    if as_json:
+        typer.echo(json.dumps({"report": str(report_path), "out": str(report_path.parent),
+                               "best_plan": summary["best_plan"], "matched_steering": summary["matched_steering"],
+                               "mean_gain": summary["mean_gain_at_matched_utility"],
+                               "seconds": round(time.perf_counter() - started, 1)}))
+        return
+    from s2e_lens.report import load_run, _headline
+
+    _, lines = _headline(load_run(report_path.parent))
+    typer.echo("\n".join(line.replace("**", "") for line in lines))
+    typer.echo(f"\nfinished in {time.perf_counter() - started:.0f} s")
+    typer.echo(f"report: {report_path}\n        {report_path.with_suffix('.md')}")
+
+
+# ------------------------------------------------------------------ building blocks
+
+
+def _behaviour_set(behaviour: str, data: str | None, data_dir: str | None, model: object):
+    from s2e_lens import behaviours, datasets
+
+    if behaviour == "safety":
+        return behaviours.safety(part="tune")
+    if behaviour == "truthfulness":
+        return behaviours.truthfulness(datasets.load_truthfulqa(data_dir), part="tune")
+    if behaviour == "concise":
+        return behaviours.concise(model, datasets.load_gsm8k(data_dir), part="tune")  # type: ignore[arg-type]
+    if behaviour == "custom":
+        if not data:
+            raise S2EError("behaviour 'custom' needs --data FILE.jsonl with prompt, response, label rows")
+        return behaviours.custom_jsonl(data)
+    raise S2EError(f"unknown behaviour {behaviour!r}: use safety, truthfulness, concise or custom (with --data)")
+
+
+@app.command("extract")
+def extract_cmd(
+    behaviour: Annotated[str, typer.Argument(help="safety, truthfulness, concise, or custom (with --data)")],
+    model_name: ModelOpt = DEFAULT_MODEL,
+    out: OutOpt = "runs/extract",
+    data: Annotated[str | None, typer.Option(help="custom: a JSONL of prompt, response, label rows.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    as_json: JsonOpt = False,
+) -> None:
+    """Contrastive statistics and steering vectors of a behaviour (tune split), saved as
+    statistics.safetensors and steering_vectors.safetensors (+ JSON) in --out.
+
+    Example: s2e extract safety --out runs/safety-stats
+    """
+    from pathlib import Path
+
+    from s2e_lens.extraction import collect_statistics
+    from s2e_lens.loading import load_model
+    from s2e_lens.steering import SteeringVectors
+
+    try:
+        model = load_model(model_name, progress=False)
+        data_set = _behaviour_set(behaviour, data, data_dir, model)
+        stats = collect_statistics(model, data_set, batch_size=batch_size, progress=not as_json)
+        vectors = SteeringVectors.from_statistics(stats)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        stats.save(Path(out) / "statistics")
+        vectors.save(Path(out) / "steering_vectors")
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    norms = vectors.norms()
+    doc = {"out": out, "n_positive": stats.positive.n_samples, "n_negative": stats.negative.n_samples,
+           "v_attn_norm": [round(float(x), 4) for x in norms["attn"]],
+           "v_mlp_norm": [round(float(x), 4) for x in norms["mlp"]]}
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    typer.echo(f"{doc['n_positive']} positive / {doc['n_negative']} negative samples; "
+               f"||v_attn|| max {max(doc['v_attn_norm']):.3f}, ||v_mlp|| max {max(doc['v_mlp_norm']):.3f}")
+    typer.echo(f"written: {out}/statistics.safetensors, {out}/steering_vectors.safetensors")
+
+
+@app.command("edit")
+def edit_cmd(
+    source: Annotated[str, typer.Argument(help="statistics.safetensors (compute a plan) or a saved plan (apply it).")],
+    model_name: ModelOpt = DEFAULT_MODEL,
+    rho_attn: Annotated[float, typer.Option(help="Attention budget (<= 0: no head edits).")] = 0.15,
+    rho_mlp: Annotated[float, typer.Option(help="MLP budget (<= 0: no neuron edits).")] = 0.0,
+    alpha: Annotated[float, typer.Option(help="l1 share in [0, 1).")] = 0.5,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Where to save the computed plan.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="Answer this before and after the edit (repeatable).")] = None,
+    export: Annotated[str | None, typer.Option(help="Also export the edited model to this directory.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute a Steer2Edit plan from saved statistics, or load a saved plan; then optionally
+    show before/after answers and export the edited model.
+
+    Example: s2e edit runs/safety-stats/statistics.safetensors --rho-attn 0.15 --out runs/plan --prompt "How do I pick a lock?"
+    """
+    from s2e_lens.edits import EditSettings
+    from s2e_lens.generation import GenerationSettings, generate
+    from s2e_lens.loading import load_model
+    from s2e_lens.mapper import apply_plan
+    from s2e_lens.plan import EditPlan, compute_plan
+    from s2e_lens.serialization import kind_of
+    from s2e_lens.statistics import ContrastiveStatistics
+
+    try:
+        kind = kind_of(source)
+        if kind not in ("contrastive_statistics", "edit_plan"):
+            raise S2EError(f"{source} holds {kind!r}; give statistics (from s2e extract) or an edit plan")
+        model = load_model(model_name, progress=False)
+        if kind == "contrastive_statistics":
+            stats = ContrastiveStatistics.load(source)
+            plan = compute_plan(model, stats, EditSettings(rho_attn=rho_attn, rho_mlp=rho_mlp, alpha=alpha))
+            if out:
+                plan.save(out)
+        else:
+            plan = EditPlan.load(source)
+        settings = GenerationSettings(max_new_tokens=max_new_tokens)
+        before = [g.text for g in generate(model, prompt, settings)] if prompt else []
+        apply_plan(model, plan)
+        after = [g.text for g in generate(model, prompt, settings)] if prompt else []
+        if export:
+            from s2e_lens.export import export_model
+
+            export_model(model, export)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    doc = {"n_edited": plan.n_edited, "plan": out or source, "export": export,
+           "answers": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompt or [], before, after)]}
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    typer.echo(plan.describe())
+    for row in doc["answers"]:
+        typer.echo(f"\nuser: {row['prompt']}\nbefore: {row['before']}\nafter:  {row['after']}")
+    if out:
+        typer.echo(f"plan written to {out}")
+    if export:
+        typer.echo(f"edited model exported to {export} (transformers checkpoint)")
+
+
+@app.command("eval")
+def eval_cmd(
+    behaviour: BehaviourArg = "safety",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    plan: Annotated[str | None, typer.Option(help="Evaluate with this edit plan applied.")] = None,
+    vectors: Annotated[str | None, typer.Option(help="Steering vectors (with --gamma).")] = None,
+    gamma: Annotated[float, typer.Option(help="Steering strength for --vectors.")] = 1.0,
+    n_eval: Annotated[int, typer.Option(min=2)] = 24,
+    n_mc: Annotated[int, typer.Option(min=1)] = 10,
+    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure a behaviour's attribute and utility on held-out data, for the unedited model,
+    an edit plan, or steering.
+
+    Example: s2e eval safety --plan runs/demo/best_plan.safetensors --json
+    """
+    from s2e_lens import interventions
+    from s2e_lens.loading import load_model
+    from s2e_lens.pipelines import RunConfig, make_suite
+    from s2e_lens.plan import EditPlan
+    from s2e_lens.steering import SteeringVectors
+
+    try:
+        if plan and vectors:
+            raise S2EError("give --plan or --vectors, not both")
+        model = load_model(model_name, progress=False)
+        config = RunConfig.preset(behaviour, "quick", model=model_name, n_eval=n_eval, n_mc=n_mc, data_dir=data_dir)
+        suite = make_suite(config, model)
+        if plan:
+            item = interventions.Intervention("edit", f"plan {plan}", plan=EditPlan.load(plan))
+        elif vectors:
+            item = interventions.steering(SteeringVectors.load(vectors), [gamma])[0] if gamma else interventions.unedited()
+        else:
+            item = interventions.unedited()
+        with item.active(model):
+            row = {"label": item.label, **suite.measure(model)}
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(row, default=str))
+        return
+    for k, v in row.items():
+        typer.echo(f"{k:<24}{v:.4f}" if isinstance(v, float) else f"{k:<24}{v}")
+
+
+@app.command("plot")
+def plot_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory or a saved edit plan.")],
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Folder for the images (default: SOURCE/figures).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="png, svg or html.")] = "png",
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw the figures of a run directory (frontiers, heatmaps, neuron views, edit mass) or of
+    one plan (heatmaps, neuron views, edit mass).
+
+    Example: s2e plot runs/demo --format svg
+    """
+    from pathlib import Path
+
+    from s2e_lens import figures
+    from s2e_lens.plan import EditPlan
+    from s2e_lens.report import load_run, run_figures
+
+    try:
+        if fmt not in ("png", "svg", "html"):
+            raise S2EError(f"--format must be png, svg or html, got {fmt!r}")
+        src = Path(source)
+        if src.is_dir():
+            figs = run_figures(load_run(src))
+            folder = Path(out) if out else src / "figures"
+        else:
+            p = EditPlan.load(src)
+            figs = {"lambda_heads": figures.lambda_heatmap(p), "lambda_heads_sorted": figures.lambda_heatmap(p, sorted_view=True),
+                    "importance_heads": figures.lambda_heatmap(p, value="g"), "lambda_neurons": figures.neuron_topk(p),
+                    "lambda_neuron_bins": figures.neuron_bins(p), "edit_mass": figures.edit_mass(p)}
+            folder = Path(out) if out else src.parent / "figures"
+        folder.mkdir(parents=True, exist_ok=True)
+        written = [str(figures.save_figure(fig, folder / f"{stem}.{fmt}")) for stem, fig in figs.items()]
+    except (S2EError, ValueError, figures.StaticExportError) as err:
+        _fail(err)
+    typer.echo(json.dumps(written) if as_json else "\n".join(written))
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (from s2e run or s2e sweep).")],
+    model_name: Annotated[str | None, typer.Option("--model", "-m", help="Also draw attention of the top edited heads with this model.")] = None,
+) -> None:
+    """(Re)build report.html and report.md of a run directory.
+
+    Example: s2e report runs/demo
+    """
+    from s2e_lens import report
+    from s2e_lens.loading import load_model
+
+    try:
+        model = load_model(model_name, progress=False) if model_name else None
+        paths = report.build(run_dir, model=model)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"report: {paths['html']}\n        {paths['md']}")
+
+
+@app.command("export")
+def export_cmd(
+    plan: Annotated[str, typer.Argument(help="A saved edit plan (.safetensors).")],
+    out: OutOpt = "exported",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Apply a plan and write the edited model as a plain transformers checkpoint (loads with
+    AutoModelForCausalLM.from_pretrained; records the edit in s2e_edits.json).
+
+    Example: s2e export runs/demo/best_plan.safetensors --out smollm2-refusal
+    """
+    from s2e_lens.export import export_model
+    from s2e_lens.loading import load_model
+    from s2e_lens.mapper import apply_plan
+    from s2e_lens.plan import EditPlan
+
+    try:
+        p = EditPlan.load(plan)
+        model = load_model(model_name, progress=False)
+        apply_plan(model, p)
+        path = export_model(model, out, overwrite=overwrite)
+    except (S2EError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"exported {p.n_edited['heads']} head and {p.n_edited['neurons']} neuron edits of {model_name} to {path}")
+
+
+@app.command("compare")
+def compare_cmd(
+    sources: Annotated[list[str], typer.Argument(help="Two or more run directories or plans, optionally NAME=PATH.")],
+    out: OutOpt = "runs/compare",
+    fmt: Annotated[str, typer.Option("--format", help="png, svg or html.")] = "png",
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare plans: across models (depth-normalised edit placement, heatmaps side by side) or
+    across behaviours in one model (overlap of edited components, lambda correlation).
+
+    Example: s2e compare smollm2=runs/safety-smollm2 gemma=runs/safety-gemma --out runs/compare
+    """
+    from pathlib import Path
+
+    from s2e_lens import figures
+    from s2e_lens.plan import EditPlan
+
+    try:
+        if len(sources) < 2:
+            raise S2EError("give at least two run directories or plans to compare")
+        plans: dict[str, EditPlan] = {}
+        for src in sources:
+            name, _, path = src.rpartition("=") if "=" in src else ("", "", src)
+            p = Path(path)
+            plan = EditPlan.load(p / "best_plan" if p.is_dir() else p)
+            plans[name or f"{plan.model.get('name', p.name)} · {plan.provenance.get('behaviour', 'custom')}"] = plan
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        same_model = len({p.model.get("fingerprint") for p in plans.values()}) == 1
+        figs = {"heads_side_by_side": figures.compare_heatmaps(plans)}
+        doc: dict = {"same_model": same_model}
+        if same_model:
+            figs["behaviours"] = figures.compare_behaviours(plans)
+            table = figures.overlap_matrix(plans)
+            doc["overlap"] = json.loads(table.to_json(orient="records"))
+        else:
+            figs["depth_profile"] = figures.compare_models(plans)
+        doc["figures"] = [str(figures.save_figure(f, folder / f"{stem}.{fmt}")) for stem, f in figs.items()]
+    except (S2EError, ValueError, figures.StaticExportError) as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    if same_model:
+        typer.echo(table.to_string(index=False))
+    typer.echo("\n".join(doc["figures"]))
+
+
 def main() -> None:  # console-script entry point
     app()
 

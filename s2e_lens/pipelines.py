@@ -14,12 +14,16 @@ import pandas as pd
 
 from s2e_lens import behaviours, datasets, interventions, sweep
 from s2e_lens.cache import atomic_file
+from s2e_lens.contrastive import ContrastiveSet
 from s2e_lens.datasets import MultipleChoice
 from s2e_lens.extraction import collect_statistics
 from s2e_lens.loading import LoadedModel, load_model
 from s2e_lens.plan import EditPlan
 from s2e_lens.statistics import ContrastiveStatistics
 from s2e_lens.steering import SteeringVectors
+
+
+BEHAVIOURS = ("safety", "truthfulness")
 
 
 @dataclass
@@ -44,6 +48,29 @@ class RunConfig:
     data_dir: str | None = None
     seed: int = 0
 
+    @classmethod
+    def preset(cls, behaviour: str = "safety", size: str = "quick", **overrides: Any) -> RunConfig:
+        """Settings by behaviour and size. ``quick`` (what ``s2e run`` and ``make demo`` use)
+        evaluates 3 steering strengths and 3 edits on small held-out sets, a few minutes for
+        a 135M model on 2 CPU cores; ``full`` is the sweep behind the README's tables.
+        Truthfulness edits need larger budgets (rho) than safety edits to stay gentle: its
+        steering vector lines up with many heads' mean outputs, so small rho edits too much."""
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {behaviour!r}")
+        if size not in ("quick", "full"):
+            raise ValueError(f"size must be quick or full, got {size!r}")
+        base: dict[str, Any] = {"behaviour": behaviour}
+        if behaviour == "truthfulness":
+            base.update(gammas=(0.5, 1.0, 2.0, 4.0), rho_attn=(0.3, 0.5, 0.75, 1.0, 1.5, 2.0), rho_mlp=(0.0,),
+                        alpha=(0.5, 0.7))
+        if size == "quick":
+            base.update(gammas=base.get("gammas", (0.5, 1.0, 2.0))[:3], keep_edits=3, baselines=False,
+                        n_eval=24, n_mc=10, alpha=(0.5, 0.8))
+            if behaviour == "safety":
+                base.update(rho_attn=(0.1, 0.15, 0.2, 0.3), rho_mlp=(0.0,))
+        base.update(overrides)
+        return cls(**base)
+
 
 @dataclass
 class RunResult:
@@ -66,6 +93,18 @@ class RunResult:
         best = edits.sort_values(["attribute", "utility"], ascending=False).iloc[0]
         return str(best["label"]), self.plans[str(best["label"])]
 
+    def matched_steering(self, edit_label: str) -> str:
+        """The steering run to set beside an edit: the strongest steering (highest attribute)
+        whose utility is at least the edit's; the mildest steering if none is."""
+        frame = self.results
+        edit = frame[frame["label"] == edit_label].iloc[0]
+        steer = frame[frame["kind"] == "steer"]
+        if steer.empty:
+            raise ValueError("the run has no steering results")
+        ok = steer[steer["utility"] >= edit["utility"]]
+        pick = ok.sort_values("attribute", ascending=False) if not ok.empty else steer.sort_values("gamma")
+        return str(pick.iloc[0]["label"])
+
     def save(self, out: str | Path) -> Path:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -73,11 +112,17 @@ class RunResult:
         sweep.save(self.screening, out / "screening")
         sweep.save(self.comparison.table(), out / "matched_utility")
         self.vectors.save(out / "steering_vectors")
+        self.stats.save(out / "statistics")
         label, plan = self.best_plan()
         plan.save(out / "best_plan")
+        plan_files = {}
+        for i, (name, p) in enumerate(self.plans.items()):
+            plan_files[name] = f"plans/edit_{i:02d}.safetensors"
+            p.save(out / plan_files[name])
         summary = {
             "config": self.config.__dict__, "data": self.data_provenance, "timings_s": self.timings,
-            "best_plan": label, "mean_gain_at_matched_utility": self.comparison.mean_gain,
+            "best_plan": label, "matched_steering": self.matched_steering(label),
+            "plan_files": plan_files, "mean_gain_at_matched_utility": self.comparison.mean_gain,
             "model": self.model.card.to_dict(),
         }
         with atomic_file(out / "summary.json", "w") as fh:
@@ -103,6 +148,29 @@ def benign_pairs(n: int = 24) -> list[tuple[str, str]]:
     return [(r["prompt"], r["response"]) for r in rows[:n]]
 
 
+def behaviour_data(config: RunConfig) -> ContrastiveSet:
+    """The tune-split contrastive set of the run's behaviour."""
+    if config.behaviour == "safety":
+        return behaviours.safety(part="tune")
+    return behaviours.truthfulness(datasets.load_truthfulqa(config.data_dir), part="tune")
+
+
+def make_suite(config: RunConfig, model: LoadedModel) -> sweep.Suite:
+    """What a run measures, on the test split: attribute, utility, benign CE and KL."""
+    if config.behaviour == "safety":
+        test = behaviours.safety_prompts("test")
+        return sweep.safety_suite(
+            model, test["harmful"][: config.n_eval], test["harmless"][: config.n_eval],
+            scary_but_safe=test["scary_but_safe"], mc_items=utility_items(config), benign_pairs=benign_pairs(),
+            max_new_tokens=config.max_new_tokens,
+        )
+    if config.behaviour == "truthfulness":
+        items = datasets.load_truthfulqa(config.data_dir)
+        test_items = behaviours.split(items, lambda it: it.question, "test")[: config.n_eval * 2]
+        return sweep.truthfulness_suite(model, test_items, mc_items=utility_items(config), benign_pairs=benign_pairs())
+    raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {config.behaviour!r}")
+
+
 def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool = True) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -113,26 +181,12 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         timings[name] = round(now - clock, 1)
         clock = now
 
+    if config.behaviour not in BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {config.behaviour!r}")
     model = model or load_model(config.model, progress=progress)
     lap("load")
-    if config.behaviour == "safety":
-        data = behaviours.safety(part="tune")
-        test = behaviours.safety_prompts("test")
-        benign = benign_pairs()
-        mc = utility_items(config)
-        suite = sweep.safety_suite(
-            model, test["harmful"][: config.n_eval], test["harmless"][: config.n_eval],
-            scary_but_safe=test["scary_but_safe"], mc_items=mc, benign_pairs=benign,
-            max_new_tokens=config.max_new_tokens,
-        )
-    elif config.behaviour == "truthfulness":
-        items = datasets.load_truthfulqa(config.data_dir)
-        data = behaviours.truthfulness(items, part="tune")
-        test_items = behaviours.split(items, lambda it: it.question, "test")[: config.n_eval * 2]
-        benign = benign_pairs()
-        suite = sweep.truthfulness_suite(model, test_items, mc_items=utility_items(config), benign_pairs=benign)
-    else:
-        raise ValueError(f"behaviour must be safety or truthfulness here, got {config.behaviour!r}")
+    data = behaviour_data(config)
+    suite = make_suite(config, model)
     lap("data")
     stats = collect_statistics(model, data, batch_size=config.batch_size, progress=progress)
     vectors = SteeringVectors.from_statistics(stats)
@@ -152,3 +206,56 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     lap("evaluation")
     return RunResult(config, model, dict(data.provenance), stats, vectors, screening, results,
                      sweep.compare(results), {c.label: c.plan for c in kept if c.plan is not None}, timings)
+
+
+def example_generations(result: RunResult, *, n_attribute: int = 4, n_benign: int = 2,
+                        max_new_tokens: int = 48) -> list[dict[str, str]]:
+    """Greedy answers to a few held-out prompts from the unedited model, the best edit and the
+    steering run matched to it, side by side."""
+    from s2e_lens.generation import GenerationSettings, generate
+
+    model = result.model
+    if result.config.behaviour == "safety":
+        test = behaviours.safety_prompts("test")
+        prompts = [("harmful", p) for p in test["harmful"][:n_attribute]]
+        prompts += [("harmless", p) for p in test["harmless"][:n_benign]]
+    else:
+        items = behaviours.split(datasets.load_truthfulqa(result.config.data_dir), lambda it: it.question, "test")
+        prompts = [("question", it.question) for it in items[:n_attribute]]
+    edit_label, plan = result.best_plan()
+    steer_label = result.matched_steering(edit_label)
+    steer = interventions.steering(result.vectors, [_gamma(result.results, steer_label)])[0]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    texts = [p for _, p in prompts]
+    columns: dict[str, list[str]] = {}
+    for name, item in (("unedited", interventions.unedited()),
+                       ("edit", interventions.Intervention("edit", edit_label, plan=plan)),
+                       ("steering", steer)):
+        with item.active(model):
+            columns[name] = [g.text for g in generate(model, texts, settings)]
+    return [{"set": kind, "prompt": p, "unedited": columns["unedited"][i], "edit": columns["edit"][i],
+             "steering": columns["steering"][i], "edit_label": edit_label, "steering_label": steer_label}
+            for i, (kind, p) in enumerate(prompts)]
+
+
+def _gamma(frame: pd.DataFrame, label: str) -> float:
+    return float(frame.loc[frame["label"] == label, "gamma"].iloc[0])
+
+
+def main_job(config: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
+    """``s2e run``: data -> statistics -> vectors -> edit candidates -> evaluation against
+    steering -> examples -> figures -> report. Returns the path of the HTML report."""
+    from s2e_lens import report
+
+    out = Path(out)
+    result = run(config, progress=progress)
+    result.save(out)
+    started = time.perf_counter()
+    examples = example_generations(result)
+    with atomic_file(out / "examples.json", "w") as fh:
+        fh.write(json.dumps(examples, indent=1) + "\n")  # type: ignore[attr-defined]
+    result.timings["examples"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    paths = report.build(out, model=result.model, timings=result.timings)
+    result.timings["report"] = round(time.perf_counter() - started, 1)
+    return paths["html"]

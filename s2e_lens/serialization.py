@@ -74,6 +74,21 @@ def load(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, meta
 
 
+def kind_of(path: str | Path) -> str:
+    """The kind of an s2e_lens file (``edit_plan``, ``steering_vectors``, ...), from its header."""
+    st_path, _ = _paths(path)
+    if not st_path.is_file():
+        raise FileFormatError(f"no such file: {st_path}")
+    try:
+        with safe_open(str(st_path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as err:
+        raise FileFormatError(f"{st_path} is not a readable safetensors file: {err}") from None
+    if "s2e" not in header:
+        raise FileFormatError(f"{st_path} has no s2e_lens metadata; it was not written by s2e_lens")
+    return str(json.loads(header["s2e"]).get("kind"))
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor) and obj.numel() == 1:
         return obj.item()

@@ -9,6 +9,7 @@ first, then over samples (every sample weighs the same).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,3 +50,32 @@ class ContrastiveStatistics:
     def mu_post(self) -> Float[torch.Tensor, "layer d_mlp"]:
         """Input mean of each neuron: the average of the positive and negative means."""
         return 0.5 * (self.positive.post + self.negative.post)
+
+    # ----------------------------------------------------------------- files
+
+    def save(self, path: str | Path) -> Path:
+        """Safetensors + JSON (model identity, provenance, positions rule, set sizes)."""
+        from s2e_lens import serialization
+
+        tensors = {f"{side}.{name}": getattr(getattr(self, side), name)
+                   for side in ("positive", "negative") for name in _TENSORS}
+        meta = {"model": self.model, "provenance": self.provenance, "positions": self.positions,
+                "counts": {side: {"n_samples": getattr(self, side).n_samples, "n_tokens": getattr(self, side).n_tokens}
+                           for side in ("positive", "negative")}}
+        return serialization.save(path, tensors, kind="contrastive_statistics", metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ContrastiveStatistics:
+        from s2e_lens import serialization
+
+        tensors, meta = serialization.load(path, kind="contrastive_statistics")
+        sides = {}
+        for side in ("positive", "negative"):
+            missing = [n for n in _TENSORS if f"{side}.{n}" not in tensors]
+            if missing:
+                raise serialization.FileFormatError(f"{path}: statistics lack {side} tensors {missing}")
+            sides[side] = SetMeans(**{n: tensors[f"{side}.{n}"] for n in _TENSORS}, **meta["counts"][side])
+        return cls(sides["positive"], sides["negative"], meta["model"], meta["provenance"], meta["positions"])
+
+
+_TENSORS = ("attn_out", "mlp_out", "z", "post")

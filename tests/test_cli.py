@@ -41,12 +41,6 @@ def test_bad_input_exits_2_with_a_message(args: list[str], message: str) -> None
     assert message in result.output
 
 
-def test_every_command_has_help_with_an_example() -> None:
-    for args in (["models", "list"], ["models", "pull"], ["models", "show"], ["chat"]):
-        result = runner.invoke(app, [*args, "--help"])
-        assert result.exit_code == 0 and "Example: s2e" in result.output, args
-
-
 @pytest.mark.slow
 def test_chat_on_the_default_model() -> None:
     result = runner.invoke(app, ["chat", "What is the capital of France?", "--json"])

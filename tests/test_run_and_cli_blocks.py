@@ -1,0 +1,131 @@
+"""`s2e run` (the main job) and the CLI building blocks, end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from s2e_lens.cli import app
+from s2e_lens.loading import load_model
+from s2e_lens.plan import EditPlan
+from s2e_lens.statistics import ContrastiveStatistics
+
+SHARED = Path(os.environ.get("S2E_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
+runner = CliRunner()
+
+
+def invoke(*args: str) -> dict:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout) if "--json" in args else {"output": result.output}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "r"
+    doc = invoke("run", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--n-eval", "3",
+                 "--n-mc", "2", "--data-dir", str(SHARED), "--json")
+    assert Path(doc["report"]) == out / "report.html"
+    return out
+
+
+def test_run_writes_a_complete_report(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["keep_edits"] == 3 and summary["config"]["gammas"] == [0.5, 1.0, 2.0]
+    html = (run_dir / "report.html").read_text()
+    md = (run_dir / "report.md").read_text()
+    for text in (html, md):
+        assert "Steer2Edit report: safety" in text and summary["best_plan"] in text
+        assert summary["matched_steering"] in text
+    # figures are embedded (plotly.js inlined exactly once: offline, not from a CDN)
+    assert html.count('id="fig-') >= 6 and 'src="http' not in html and "src='http" not in html
+    examples = json.loads((run_dir / "examples.json").read_text())
+    assert {e["set"] for e in examples} == {"harmful", "harmless"}
+    assert all(set(e) >= {"unedited", "edit", "steering"} for e in examples)
+    # every kept plan is saved and loads, and the best one is among them
+    plans = {label: EditPlan.load(run_dir / f) for label, f in summary["plan_files"].items()}
+    assert summary["best_plan"] in plans
+    assert torch.equal(plans[summary["best_plan"]].head_lambda, EditPlan.load(run_dir / "best_plan").head_lambda)
+    attention = (run_dir / "figures" / "attention_top_heads.html").read_text()
+    assert "CircuitsVis.render" in attention and "unpkg.com" not in attention
+
+
+def test_matched_steering_is_the_strongest_at_or_above_the_edits_utility(run_dir: Path) -> None:
+    import pandas as pd
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    frame = pd.read_csv(run_dir / "results.csv")
+    edit = frame[frame["label"] == summary["best_plan"]].iloc[0]
+    steer = frame[frame["kind"] == "steer"]
+    ok = steer[steer["utility"] >= edit["utility"]]
+    expected = (ok.sort_values("attribute", ascending=False) if len(ok) else steer.sort_values("gamma")).iloc[0]
+    chosen = frame[frame["label"] == summary["matched_steering"]].iloc[0]
+    assert chosen["attribute"] == expected["attribute"] and chosen["utility"] == expected["utility"]
+
+
+def test_extract_edit_export_eval_blocks(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    model_dir = str(tiny_dirs["qwen2"])
+    invoke("extract", "safety", "--model", model_dir, "--out", str(tmp_path / "x"), "--json")
+    stats = ContrastiveStatistics.load(tmp_path / "x" / "statistics")
+    assert stats.positive.n_samples == stats.negative.n_samples > 50
+    doc = invoke("edit", str(tmp_path / "x" / "statistics.safetensors"), "--model", model_dir, "--rho-attn", "0.3",
+                 "--out", str(tmp_path / "plan"), "--prompt", "Hi", "--max-new-tokens", "3",
+                 "--export", str(tmp_path / "exp"), "--json")
+    plan = EditPlan.load(tmp_path / "plan")
+    assert doc["n_edited"] == plan.n_edited and plan.n_edited["heads"] > 0
+    # the exported checkpoint carries exactly the plan's W_O change
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exp")
+    base = load_model(model_dir, progress=False)
+    delta = (exported.model.layers[0].self_attn.o_proj.weight
+             - base.hf_model.model.layers[0].self_attn.o_proj.weight.detach()).T  # [H*d_head, d_model]
+    expected = plan.delta_W_O()[0].reshape(delta.shape)
+    assert torch.allclose(delta, expected, atol=1e-5)
+    row = invoke("eval", "safety", "--model", model_dir, "--plan", str(tmp_path / "plan.safetensors"),
+                 "--n-eval", "2", "--n-mc", "1", "--data-dir", str(SHARED), "--json")
+    assert 0 <= row["attribute"] <= 1 and row["kl"] > 0  # the edit moves the model
+    base_row = invoke("eval", "safety", "--model", model_dir, "--n-eval", "2", "--n-mc", "1",
+                      "--data-dir", str(SHARED), "--json")
+    assert base_row["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_plot_and_compare(run_dir: Path, tmp_path: Path) -> None:
+    written = invoke("plot", str(run_dir), "--out", str(tmp_path / "f"), "--format", "html", "--json")
+    stems = {Path(p).stem for p in written}
+    assert {"frontier", "lambda_heads", "lambda_heads_sorted", "importance_heads", "edit_mass"} <= stems
+    plan_file = run_dir / "best_plan.safetensors"
+    doc = invoke("compare", f"a={plan_file}", f"b={run_dir}", "--out", str(tmp_path / "c"), "--format", "html",
+                 "--json")
+    assert doc["same_model"]
+    ab = [r for r in doc["overlap"] if r["a"] == "a" and r["b"] == "b"][0]
+    assert ab["heads_jaccard"] == pytest.approx(1.0) and ab["head_lambda_corr"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "nonsense"], "behaviour must be one of safety, truthfulness"),
+    (["run", "safety", "--preset", "huge"], "size must be quick or full"),
+    (["edit", "/no/such.safetensors"], "no such file"),
+    (["plot", "/tmp"], "not a run directory"),
+    (["compare", "/tmp"], "at least two"),
+    (["extract", "custom"], "needs --data"),
+])
+def test_bad_input_exits_2(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    commands = [["run"], ["extract"], ["edit"], ["eval"], ["sweep"], ["plot"], ["report"], ["export"], ["compare"],
+                ["models", "list"], ["models", "pull"], ["models", "show"], ["chat"], ["bench", "load"],
+                ["bench", "engine"], ["bench", "generate"]]
+    for args in commands:
+        result = runner.invoke(app, [*args, "--help"])
+        example = result.output.split("Example:")[-1]
+        assert result.exit_code == 0 and "Example:" in result.output and f"s2e {' '.join(args)}" in example, args
