@@ -55,6 +55,12 @@ class ContrastiveSet:
 
         return cls(norm(positive, "positive"), norm(negative, "negative"), dict(provenance or {}))
 
+    def head(self, n: int) -> ContrastiveSet:
+        """The first ``n`` pairs of each side (for quick looks and small CI runs)."""
+        if n < 1:
+            raise ContrastiveSetError(f"n must be at least 1, got {n}")
+        return ContrastiveSet(self.positive[:n], self.negative[:n], {**self.provenance, "head": n})
+
 
 @dataclass(frozen=True)
 class EncodedSample:
