@@ -161,7 +161,7 @@ def make_suite(config: RunConfig, model: LoadedModel) -> sweep.Suite:
         test = behaviours.safety_prompts("test")
         return sweep.safety_suite(
             model, test["harmful"][: config.n_eval], test["harmless"][: config.n_eval],
-            scary_but_safe=test["scary_but_safe"], mc_items=utility_items(config), benign_pairs=benign_pairs(),
+            scary_but_safe=test["scary_but_safe"][: config.n_eval], mc_items=utility_items(config), benign_pairs=benign_pairs(),
             max_new_tokens=config.max_new_tokens,
         )
     if config.behaviour == "truthfulness":
