@@ -78,6 +78,8 @@ def run_figures(run: dict[str, Any]) -> dict[str, go.Figure]:
 
 
 def _fmt(v: Any) -> str:
+    if v is pd.NA:
+        return ""
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.3f}"
     return str(v)
@@ -85,7 +87,11 @@ def _fmt(v: Any) -> str:
 
 def _table(frame: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in COLUMNS if c in frame.columns]
-    return frame[cols].map(_fmt) if hasattr(frame, "map") else frame[cols]
+    out = frame[cols].copy()
+    for c in ("heads_edited", "neurons_edited"):
+        if c in out:
+            out[c] = out[c].astype("Int64")
+    return out.astype(object).map(_fmt)
 
 
 def _headline(run: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
@@ -109,6 +115,13 @@ def _headline(run: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
         verdict = "Steer2Edit is ahead" if gain > 0 else "steering is ahead" if gain < 0 else "they tie"
         lines.append(f"Mean attribute gain of Steer2Edit over steering at matched utility: **{gain:+.3f}** "
                      f"({verdict} on this run).")
+    if "kl" in results and (results["kind"] == "edit").any() and (results["kind"] == "steer").any():
+        from s2e_lens.sweep import compare
+
+        kl_gain = compare(results.assign(neg_kl=-results["kl"]), utility="neg_kl").mean_gain
+        if not math.isnan(kl_gain):
+            lines.append(f"Matched instead on closeness to the unedited model (−KL on benign text): "
+                         f"**{kl_gain:+.3f}**.")
     return rows, lines
 
 
@@ -159,12 +172,12 @@ def _markdown(out: Path, run: dict[str, Any], summary: dict[str, Any], headline:
     md = [f"# Steer2Edit report: {c['behaviour']} on {summary['model']['name']}", "",
           f"s2e_lens {__version__} · data: {json.dumps(summary.get('data', {}))}", ""]
     md += ["## Result", "", *[f"- {x}" for x in lines], "",
-           _table(headline).to_markdown(index=False), "",
+           _table(headline).to_markdown(index=False, disable_numparse=True), "",
            "Attribute and utility are measured on held-out data (the test split); the edits and "
            "steering vectors come from the tune split. KL is to the unedited model on benign text.", ""]
-    md += ["## All evaluated interventions", "", _table(run["results"]).to_markdown(index=False), ""]
+    md += ["## All evaluated interventions", "", _table(run["results"]).to_markdown(index=False, disable_numparse=True), ""]
     if run["matched"] is not None and not run["matched"].empty:
-        md += ["## Gain at matched utility", "", run["matched"].map(_fmt).to_markdown(index=False), ""]
+        md += ["## Gain at matched utility", "", run["matched"].map(_fmt).to_markdown(index=False, disable_numparse=True), ""]
     md += ["## Figures", ""]
     if pngs:
         md += [f"![{stem}]({path})" for stem, path in pngs.items()]
@@ -181,7 +194,7 @@ def _markdown(out: Path, run: dict[str, Any], summary: dict[str, Any], headline:
             for col in ("unedited", "edit", "steering"):
                 md += [f"- *{col}*: {ex[col].strip() or '(empty)'}"]
             md += [""]
-    md += ["## Settings", "", pd.DataFrame(_settings_rows(summary), columns=["setting", "value"]).to_markdown(index=False),
+    md += ["## Settings", "", pd.DataFrame(_settings_rows(summary), columns=["setting", "value"]).to_markdown(index=False, disable_numparse=True),
            "", f"Stage timings (s): {json.dumps(summary.get('timings_s', {}))}", "",
            "Reproduce: `s2e run " + f"{c['behaviour']} --model {c['model']}` (same settings: see summary.json).", ""]
     path = out / "report.md"
