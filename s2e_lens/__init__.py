@@ -64,9 +64,16 @@ if TYPE_CHECKING:
     from s2e_lens.loading import LoadedModel, load_model
 
 
+# submodules reachable as attributes (s2e.behaviours, s2e.figures, ...), imported on first use
+_SUBMODULES = {"behaviours", "datasets", "figures", "metrics", "evaluation", "interventions", "sweep",
+               "pipelines", "report", "attention_view", "edits", "plan", "mapper", "generation"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return import_module(f"s2e_lens.{name}")
     raise AttributeError(f"module 's2e_lens' has no attribute {name!r}")
 
 

@@ -89,3 +89,26 @@ def test_greedy_chat_answer_is_correct(default_model) -> None:
     [answer] = generate(default_model, ["What is the capital of France?"], GenerationSettings(max_new_tokens=24))
     assert "Paris" in answer.text
     assert answer.stopped
+
+
+@pytest.mark.slow
+def test_readme_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's five-line quickstart, executed verbatim; the exported checkpoint must carry
+    the plan's edit and reload with plain transformers."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## Quickstart \(Python\)\n\n```python\n(.*?)```", readme, re.S)
+    assert block is not None
+    code = block.group(1)
+    assert len([line for line in code.strip().splitlines() if not line.startswith("import ")]) == 5
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README quickstart", "exec"), scope)
+    plan, model = scope["plan"], scope["model"]
+    assert plan.n_edited["heads"] > 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "smollm2-refusal")
+    ids = torch.tensor([model.tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(exported(input_ids=ids).logits, model.hf_model(input_ids=ids).logits, atol=1e-4)
+    assert len(model.edits) == 1  # the quickstart's own model carries the one applied plan
