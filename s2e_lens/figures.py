@@ -164,12 +164,12 @@ def edit_mass(plan: EditPlan) -> go.Figure:
 # --------------------------------------------------------------------- sweeps
 
 
-KIND_STYLE = {
-    "none": dict(color="black", symbol="star", size=16, name="unedited"),
+KIND_STYLE = {  # drawn in this order: the unedited model last, on top
     "steer": dict(color="#7f7f7f", symbol="circle", size=9, name="activation steering (γ)"),
     "edit": dict(color="#d62728", symbol="diamond", size=11, name="Steer2Edit"),
     "orthogonalise": dict(color="#2ca02c", symbol="square", size=10, name="weight orthogonalisation"),
     "iti": dict(color="#9467bd", symbol="triangle-up", size=11, name="ITI-style top-K heads"),
+    "none": dict(color="black", symbol="star", size=16, name="unedited"),
 }
 
 

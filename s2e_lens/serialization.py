@@ -52,19 +52,24 @@ def _save_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> b
     return _st_save(tensors, metadata=metadata)
 
 
-def load(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _read(path: str | Path, *, tensors: bool) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The file's tensors (if asked) and its s2e_lens metadata, or a FileFormatError."""
     st_path, _ = _paths(path)
     if not st_path.is_file():
         raise FileFormatError(f"no such file: {st_path}")
     try:
         with safe_open(str(st_path), framework="pt") as fh:
             header = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            loaded = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
     except Exception as err:  # safetensors raises its own error types
         raise FileFormatError(f"{st_path} is not a readable safetensors file: {err}") from None
     if "s2e" not in header:
         raise FileFormatError(f"{st_path} has no s2e_lens metadata; it was not written by s2e_lens")
-    meta = json.loads(header["s2e"])
+    return st_path, loaded, json.loads(header["s2e"])
+
+
+def load(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    st_path, tensors, meta = _read(path, tensors=True)
     if meta.get("kind") != kind:
         raise FileFormatError(f"{st_path} holds {meta.get('kind')!r}, not {kind!r}")
     if meta.get("format_version", 0) > FORMAT_VERSION:
@@ -76,17 +81,7 @@ def load(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[
 
 def kind_of(path: str | Path) -> str:
     """The kind of an s2e_lens file (``edit_plan``, ``steering_vectors``, ...), from its header."""
-    st_path, _ = _paths(path)
-    if not st_path.is_file():
-        raise FileFormatError(f"no such file: {st_path}")
-    try:
-        with safe_open(str(st_path), framework="pt") as fh:
-            header = fh.metadata() or {}
-    except Exception as err:
-        raise FileFormatError(f"{st_path} is not a readable safetensors file: {err}") from None
-    if "s2e" not in header:
-        raise FileFormatError(f"{st_path} has no s2e_lens metadata; it was not written by s2e_lens")
-    return str(json.loads(header["s2e"]).get("kind"))
+    return str(_read(path, tensors=False)[2].get("kind"))
 
 
 def _json_default(obj: Any) -> Any:
