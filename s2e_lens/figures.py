@@ -243,6 +243,10 @@ def compare_models(plans: Mapping[str, EditPlan], *, bins: int = 10) -> go.Figur
                                      marker_color=colours[i % len(colours)], opacity=1.0 if sign == "reinforce" else 0.55,
                                      hovertemplate=f"{name} · {sign}<br>depth %{{x:.2f}}<br>share of Σ|λ| = %{{y:.3f}}<extra></extra>"),
                               row=row, col=1)
+    for row, name in ((1, "head_lambda"), (2, "neuron_lambda")):
+        if all(float(getattr(p, name).abs().sum()) == 0 for p in plans.values()):
+            fig.add_annotation(text="no edits of this kind in these plans", x=0.5, y=0.5, showarrow=False,
+                               font=dict(color="#777"), row=row, col=1)
     fig.add_hline(y=0, line_width=1, line_color="black")
     fig.update_xaxes(title="relative depth (layer / number of layers)", row=2, col=1, range=[0, 1])
     fig.update_yaxes(title="share of Σ|λ|")
