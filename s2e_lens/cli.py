@@ -6,11 +6,15 @@ import json
 import subprocess
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from s2e_lens.errors import S2EError
+
+if TYPE_CHECKING:
+    from s2e_lens.contrastive import ContrastiveSet
+    from s2e_lens.loading import LoadedModel
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, packaged_model
 
 app = typer.Typer(
@@ -316,9 +320,9 @@ def run_cmd(
                                "mean_gain": summary["mean_gain_at_matched_utility"],
                                "seconds": round(time.perf_counter() - started, 1)}))
         return
-    from s2e_lens.report import load_run, _headline
+    from s2e_lens.report import headline, load_run
 
-    _, lines = _headline(load_run(report_path.parent))
+    _, lines = headline(load_run(report_path.parent))
     typer.echo("\n".join(line.replace("**", "") for line in lines))
     typer.echo(f"\nfinished in {time.perf_counter() - started:.0f} s")
     typer.echo(f"report: {report_path}\n        {report_path.with_suffix('.md')}")
@@ -327,7 +331,7 @@ def run_cmd(
 # ------------------------------------------------------------------ building blocks
 
 
-def _behaviour_set(behaviour: str, data: str | None, data_dir: str | None, model: object):
+def _behaviour_set(behaviour: str, data: str | None, data_dir: str | None, model: LoadedModel) -> ContrastiveSet:
     from s2e_lens import behaviours, datasets
 
     if behaviour == "safety":
@@ -335,7 +339,7 @@ def _behaviour_set(behaviour: str, data: str | None, data_dir: str | None, model
     if behaviour == "truthfulness":
         return behaviours.truthfulness(datasets.load_truthfulqa(data_dir), part="tune")
     if behaviour == "concise":
-        return behaviours.concise(model, datasets.load_gsm8k(data_dir), part="tune")  # type: ignore[arg-type]
+        return behaviours.concise(model, datasets.load_gsm8k(data_dir), part="tune")
     if behaviour == "custom":
         if not data:
             raise S2EError("behaviour 'custom' needs --data FILE.jsonl with prompt, response, label rows")

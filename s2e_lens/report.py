@@ -94,7 +94,9 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
     return out.astype(object).map(_fmt)
 
 
-def _headline(run: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+def headline(run: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """The rows to set side by side (unedited, best edit, matched steering) and the result
+    sentences (Markdown bold marks the names and the gains)."""
     summary, results = run["summary"], run["results"]
     pick = ["unedited", summary["best_plan"], summary.get("matched_steering")]
     rows = pd.concat([results[results["label"] == p] for p in pick if p])
@@ -151,10 +153,10 @@ def build(out: str | Path, *, model: LoadedModel | None = None, timings: dict[st
         if top_heads(run["best_plan"], 1):
             attention = attention_view(model, prompt, plan=run["best_plan"], n=6)
             attention.save(fig_dir / "attention_top_heads.html")
-    headline, lines = _headline(run)
+    rows, lines = headline(run)
     paths = {
-        "md": _markdown(out, run, summary, headline, lines, pngs, attention is not None),
-        "html": _html(out, run, summary, headline, lines, figs, attention is not None),
+        "md": _markdown(out, run, summary, rows, lines, pngs, attention is not None),
+        "html": _html(out, run, summary, rows, lines, figs, attention is not None),
     }
     return paths
 
