@@ -19,8 +19,10 @@ from s2e_lens.datasets import (
     DataFormatError,
     MathItem,
     TruthfulQAItem,
+    load_gsm8k,
     load_harmful_prompts,
     load_safety_prompts,
+    load_truthfulqa,
     read_jsonl,
 )
 from s2e_lens.generation import GenerationSettings, generate
@@ -214,3 +216,34 @@ def save_jsonl(data: ContrastiveSet, path: str | Path) -> None:
         for label, pairs in (("positive", data.positive), ("negative", data.negative)):
             for p in pairs:
                 fh.write(json.dumps({"prompt": p.prompt, "response": p.response, "label": label}) + "\n")  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------- by name
+
+NAMES = ("safety", "truthfulness", "concise", "custom")
+
+
+def by_name(
+    name: str,
+    *,
+    model: LoadedModel | None = None,
+    data: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    part: str = "tune",
+) -> ContrastiveSet:
+    """A built-in behaviour's contrastive set with its defaults: ``safety`` (teacher-forced),
+    ``truthfulness`` (TruthfulQA from ``data_dir``), ``concise`` (needs ``model``; GSM8K from
+    ``data_dir``) or ``custom`` (the JSONL file ``data``)."""
+    if name == "safety":
+        return safety(part=part)
+    if name == "truthfulness":
+        return truthfulness(load_truthfulqa(data_dir), part=part)
+    if name == "concise":
+        if model is None:
+            raise ValueError("behaviour 'concise' samples the model's own solutions: pass model=...")
+        return concise(model, load_gsm8k(data_dir), part=part)
+    if name == "custom":
+        if not data:
+            raise ContrastiveSetError("behaviour 'custom' needs --data FILE.jsonl with prompt, response, label rows")
+        return custom_jsonl(data)
+    raise ContrastiveSetError(f"unknown behaviour {name!r}: use safety, truthfulness, concise or custom (with --data)")

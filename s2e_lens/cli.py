@@ -6,15 +6,11 @@ import json
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from s2e_lens.errors import S2EError
-
-if TYPE_CHECKING:
-    from s2e_lens.contrastive import ContrastiveSet
-    from s2e_lens.loading import LoadedModel
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, packaged_model
 
 app = typer.Typer(
@@ -331,22 +327,6 @@ def run_cmd(
 # ------------------------------------------------------------------ building blocks
 
 
-def _behaviour_set(behaviour: str, data: str | None, data_dir: str | None, model: LoadedModel) -> ContrastiveSet:
-    from s2e_lens import behaviours, datasets
-
-    if behaviour == "safety":
-        return behaviours.safety(part="tune")
-    if behaviour == "truthfulness":
-        return behaviours.truthfulness(datasets.load_truthfulqa(data_dir), part="tune")
-    if behaviour == "concise":
-        return behaviours.concise(model, datasets.load_gsm8k(data_dir), part="tune")
-    if behaviour == "custom":
-        if not data:
-            raise S2EError("behaviour 'custom' needs --data FILE.jsonl with prompt, response, label rows")
-        return behaviours.custom_jsonl(data)
-    raise S2EError(f"unknown behaviour {behaviour!r}: use safety, truthfulness, concise or custom (with --data)")
-
-
 @app.command("extract")
 def extract_cmd(
     behaviour: Annotated[str, typer.Argument(help="safety, truthfulness, concise, or custom (with --data)")],
@@ -364,13 +344,14 @@ def extract_cmd(
     """
     from pathlib import Path
 
+    from s2e_lens.behaviours import by_name
     from s2e_lens.extraction import collect_statistics
     from s2e_lens.loading import load_model
     from s2e_lens.steering import SteeringVectors
 
     try:
         model = load_model(model_name, progress=False)
-        data_set = _behaviour_set(behaviour, data, data_dir, model)
+        data_set = by_name(behaviour, model=model, data=data, data_dir=data_dir)
         stats = collect_statistics(model, data_set, batch_size=batch_size, progress=not as_json)
         vectors = SteeringVectors.from_statistics(stats)
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -424,8 +405,6 @@ def edit_cmd(
         if kind == "contrastive_statistics":
             stats = ContrastiveStatistics.load(source)
             plan = compute_plan(model, stats, EditSettings(rho_attn=rho_attn, rho_mlp=rho_mlp, alpha=alpha))
-            if out:
-                plan.save(out)
         else:
             plan = EditPlan.load(source)
         settings = GenerationSettings(max_new_tokens=max_new_tokens)
@@ -436,6 +415,8 @@ def edit_cmd(
             from s2e_lens.export import export_model
 
             export_model(model, export)
+        if out and kind == "contrastive_statistics":  # written last: a failed export leaves no plan behind
+            plan.save(out)
     except (S2EError, ValueError) as err:
         _fail(err)
     doc = {"n_edited": plan.n_edited, "plan": out or source, "export": export,
@@ -514,7 +495,7 @@ def plot_cmd(
 
     from s2e_lens import figures
     from s2e_lens.plan import EditPlan
-    from s2e_lens.report import load_run, run_figures
+    from s2e_lens.report import load_run, plan_figures, run_figures
 
     try:
         if fmt not in ("png", "svg", "html"):
@@ -524,10 +505,7 @@ def plot_cmd(
             figs = run_figures(load_run(src))
             folder = Path(out) if out else src / "figures"
         else:
-            p = EditPlan.load(src)
-            figs = {"lambda_heads": figures.lambda_heatmap(p), "lambda_heads_sorted": figures.lambda_heatmap(p, sorted_view=True),
-                    "importance_heads": figures.lambda_heatmap(p, value="g"), "lambda_neurons": figures.neuron_topk(p),
-                    "lambda_neuron_bins": figures.neuron_bins(p), "edit_mass": figures.edit_mass(p)}
+            figs = plan_figures(EditPlan.load(src))
             folder = Path(out) if out else src.parent / "figures"
         folder.mkdir(parents=True, exist_ok=True)
         written = [str(figures.save_figure(fig, folder / f"{stem}.{fmt}")) for stem, fig in figs.items()]

@@ -59,12 +59,12 @@ def lambda_heatmap(plan: EditPlan, *, sorted_view: bool = False, value: str = "l
     Real head indices on the x axis; hover shows g, lambda and ||B^T v_hat|| of each head.
     ``sorted_view`` sorts each layer's heads by lambda (the paper's view): the x axis is then a
     rank, and hover still names the head."""
+    if value not in ("lambda", "g"):
+        raise ValueError(f"value must be 'lambda' or 'g', got {value!r}")
     lam = plan.head_lambda.numpy()
     g = plan.head_g.numpy()
     knorm = plan.head_k_norm.numpy()
     z = lam if value == "lambda" else g
-    if value not in ("lambda", "g"):
-        raise ValueError(f"value must be 'lambda' or 'g', got {value!r}")
     L, H = z.shape
     heads = np.tile(np.arange(H), (L, 1))
     if sorted_view:
@@ -96,7 +96,7 @@ def neuron_topk(plan: EditPlan, k: int = 64, *, value: str = "lambda") -> go.Fig
     from the most reinforced to the most suppressed (the paper's view). Hover names the neuron."""
     if value not in ("lambda", "g"):
         raise ValueError(f"value must be 'lambda' or 'g', got {value!r}")
-    src = (plan.neuron_lambda * plan.neuron_k.abs().clamp(max=1) if value == "lambda" else plan.neuron_g).numpy()
+    src = (plan.neuron_lambda_applied if value == "lambda" else plan.neuron_g).numpy()
     g = plan.neuron_g.numpy()
     lam = plan.neuron_lambda.numpy()
     L, N = src.shape
@@ -123,7 +123,7 @@ def neuron_topk(plan: EditPlan, k: int = 64, *, value: str = "lambda") -> go.Fig
 def neuron_bins(plan: EditPlan, bins: int = 64) -> go.Figure:
     """Layer x neuron-index bins: the summed lambda of each bin (where in the layer the edits
     sit), with the number of edited neurons per bin on hover."""
-    lam = (plan.neuron_lambda * plan.neuron_k.abs()).numpy()
+    lam = plan.neuron_lambda_applied.numpy()
     L, N = lam.shape
     bins = min(bins, N)
     edges = np.linspace(0, N, bins + 1).round().astype(int)
@@ -146,8 +146,8 @@ def neuron_bins(plan: EditPlan, bins: int = 64) -> go.Figure:
 
 def edit_mass(plan: EditPlan) -> go.Figure:
     """Per-layer bar of edit mass, ``||Delta W||_F``, in attention vs MLP."""
-    attn = plan.head_lambda.pow(2).sum(-1).sqrt().numpy()
-    mlp = (plan.neuron_lambda * plan.neuron_k.abs()).pow(2).sum(-1).sqrt().numpy()
+    norms = plan.edit_norms()
+    attn, mlp = norms["attn"].numpy(), norms["mlp"].numpy()
     layers = list(range(plan.n_layers))
     fig = go.Figure([
         go.Bar(x=layers, y=attn, name="attention (W_O)", marker_color="#d62728",
@@ -227,18 +227,18 @@ def compare_models(plans: Mapping[str, EditPlan], *, bins: int = 10) -> go.Figur
                         subplot_titles=("attention heads", "MLP neurons"))
     centres = (np.arange(bins) + 0.5) / bins
     colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd"]
+    bar = 0.8 / bins / max(1, len(plans))  # the models' bars share 80% of each depth bin
     for i, (name, plan) in enumerate(plans.items()):
         L = plan.n_layers
         depth = (np.arange(L) + 0.5) / L
         which = np.minimum((depth * bins).astype(int), bins - 1)
-        for row, lam in ((1, plan.head_lambda), (2, plan.neuron_lambda * plan.neuron_k.abs())):
+        for row, lam in ((1, plan.head_lambda), (2, plan.neuron_lambda_applied)):
             pos = lam.clamp(min=0).sum(-1).numpy()
             neg = lam.clamp(max=0).sum(-1).numpy()
             total = float(lam.abs().sum()) or 1.0
             for part, sign in ((pos, "reinforce"), (neg, "suppress")):
                 y = np.bincount(which, weights=part, minlength=bins) / total
-                fig.add_trace(go.Bar(x=centres, y=y, width=0.8 / bins / max(1, len(plans)) * 1.0,
-                                     offset=(i - len(plans) / 2) * 0.8 / bins / max(1, len(plans)),
+                fig.add_trace(go.Bar(x=centres, y=y, width=bar, offset=(i - len(plans) / 2) * bar,
                                      name=f"{name}", legendgroup=name, showlegend=(row == 1 and sign == "reinforce"),
                                      marker_color=colours[i % len(colours)], opacity=1.0 if sign == "reinforce" else 0.55,
                                      hovertemplate=f"{name} · {sign}<br>depth %{{x:.2f}}<br>share of Σ|λ| = %{{y:.3f}}<extra></extra>"),

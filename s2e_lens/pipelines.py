@@ -14,7 +14,6 @@ import pandas as pd
 
 from s2e_lens import behaviours, datasets, interventions, sweep
 from s2e_lens.cache import atomic_file
-from s2e_lens.contrastive import ContrastiveSet
 from s2e_lens.datasets import MultipleChoice
 from s2e_lens.extraction import collect_statistics
 from s2e_lens.loading import LoadedModel, load_model
@@ -23,7 +22,12 @@ from s2e_lens.statistics import ContrastiveStatistics
 from s2e_lens.steering import SteeringVectors
 
 
-BEHAVIOURS = ("safety", "truthfulness")
+BEHAVIOURS = ("safety", "truthfulness")  # the behaviours with an evaluation suite
+
+
+def check_behaviour(name: str) -> None:
+    if name not in BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {name!r}")
 
 
 @dataclass
@@ -55,8 +59,7 @@ class RunConfig:
         a 135M model on 2 CPU cores; ``full`` is the sweep behind the README's tables.
         Truthfulness edits need larger budgets (rho) than safety edits to stay gentle: its
         steering vector lines up with many heads' mean outputs, so small rho edits too much."""
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {behaviour!r}")
+        check_behaviour(behaviour)
         if size not in ("quick", "full"):
             raise ValueError(f"size must be quick or full, got {size!r}")
         base: dict[str, Any] = {"behaviour": behaviour}
@@ -148,15 +151,9 @@ def benign_pairs(n: int = 24) -> list[tuple[str, str]]:
     return [(r["prompt"], r["response"]) for r in rows[:n]]
 
 
-def behaviour_data(config: RunConfig) -> ContrastiveSet:
-    """The tune-split contrastive set of the run's behaviour."""
-    if config.behaviour == "safety":
-        return behaviours.safety(part="tune")
-    return behaviours.truthfulness(datasets.load_truthfulqa(config.data_dir), part="tune")
-
-
 def make_suite(config: RunConfig, model: LoadedModel) -> sweep.Suite:
     """What a run measures, on the test split: attribute, utility, benign CE and KL."""
+    check_behaviour(config.behaviour)
     if config.behaviour == "safety":
         test = behaviours.safety_prompts("test")
         return sweep.safety_suite(
@@ -164,11 +161,9 @@ def make_suite(config: RunConfig, model: LoadedModel) -> sweep.Suite:
             scary_but_safe=test["scary_but_safe"][: config.n_eval], mc_items=utility_items(config), benign_pairs=benign_pairs(),
             max_new_tokens=config.max_new_tokens,
         )
-    if config.behaviour == "truthfulness":
-        items = datasets.load_truthfulqa(config.data_dir)
-        test_items = behaviours.split(items, lambda it: it.question, "test")[: config.n_eval * 2]
-        return sweep.truthfulness_suite(model, test_items, mc_items=utility_items(config), benign_pairs=benign_pairs())
-    raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {config.behaviour!r}")
+    items = datasets.load_truthfulqa(config.data_dir)
+    test_items = behaviours.split(items, lambda it: it.question, "test")[: config.n_eval * 2]
+    return sweep.truthfulness_suite(model, test_items, mc_items=utility_items(config), benign_pairs=benign_pairs())
 
 
 def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool = True) -> RunResult:
@@ -181,11 +176,10 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         timings[name] = round(now - clock, 1)
         clock = now
 
-    if config.behaviour not in BEHAVIOURS:
-        raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {config.behaviour!r}")
+    check_behaviour(config.behaviour)
     model = model or load_model(config.model, progress=progress)
     lap("load")
-    data = behaviour_data(config)
+    data = behaviours.by_name(config.behaviour, data_dir=config.data_dir)
     suite = make_suite(config, model)
     lap("data")
     stats = collect_statistics(model, data, batch_size=config.batch_size, progress=progress)

@@ -69,6 +69,11 @@ class EditPlan:
         return (self.neuron_lambda != 0) & (self.neuron_k != 0)
 
     @property
+    def neuron_lambda_applied(self) -> Float[torch.Tensor, "layer d_mlp"]:
+        """Each neuron's lambda as written into the weights: zero where ``k = 0`` (no edit)."""
+        return self.neuron_lambda * self.neuron_k.abs()
+
+    @property
     def n_edited(self) -> dict[str, int]:
         return {"heads": int(self.edited_heads.sum()), "neurons": int(self.edited_neurons.sum())}
 
@@ -88,15 +93,19 @@ class EditPlan:
         neurons = (self.neuron_lambda * self.neuron_k * self.mu_post).sum(-1)
         return {"attn": heads, "mlp": neurons}
 
-    def relative_norms(self) -> dict[str, Float[torch.Tensor, "layer"]]:
-        """``||Delta W|| / ||W||`` per layer (Frobenius), per block type.
+    def edit_norms(self) -> dict[str, Float[torch.Tensor, "layer"]]:
+        """``||Delta W||`` per layer (Frobenius), per block type.
 
         Head blocks are disjoint slices of W_O[l] and k_hat, v_hat are unit vectors, so
         ``||Delta W_O[l]||^2 = sum_h lam_h^2``; likewise for neurons with |k| = 1.
         """
-        d_attn = self.head_lambda.pow(2).sum(-1).sqrt()
-        d_mlp = (self.neuron_lambda * self.neuron_k).pow(2).sum(-1).sqrt()
-        return {"attn": d_attn / self.W_O_norm, "mlp": d_mlp / self.W_out_norm}
+        return {"attn": self.head_lambda.pow(2).sum(-1).sqrt(),
+                "mlp": self.neuron_lambda_applied.pow(2).sum(-1).sqrt()}
+
+    def relative_norms(self) -> dict[str, Float[torch.Tensor, "layer"]]:
+        """``||Delta W|| / ||W||`` per layer (Frobenius), per block type."""
+        norms = self.edit_norms()
+        return {"attn": norms["attn"] / self.W_O_norm, "mlp": norms["mlp"] / self.W_out_norm}
 
     def to_dataframe(self, edited_only: bool = True) -> pd.DataFrame:
         """One row per component: layer, kind, index, g, lambda, ||k|| (heads), k (neurons)."""

@@ -34,7 +34,7 @@ class RunDirectoryError(S2EError):
 
 
 def load_run(out: str | Path) -> dict[str, Any]:
-    """Read a run directory's summary, results, matched-utility table, plans and examples."""
+    """Read a run directory's summary, results, matched-utility table, best plan and examples."""
     out = Path(out)
     if not (out / "summary.json").is_file() or not (out / "results.csv").is_file():
         raise RunDirectoryError(f"{out} is not a run directory (no summary.json / results.csv); "
@@ -44,7 +44,6 @@ def load_run(out: str | Path) -> dict[str, Any]:
         "dir": out, "summary": summary, "results": pd.read_csv(out / "results.csv"),
         "matched": pd.read_csv(out / "matched_utility.csv") if (out / "matched_utility.csv").is_file() else None,
         "best_plan": EditPlan.load(out / "best_plan"),
-        "plans": {label: EditPlan.load(out / f) for label, f in summary.get("plan_files", {}).items()},
         "examples": json.loads((out / "examples.json").read_text()) if (out / "examples.json").is_file() else [],
     }
     return run
@@ -66,10 +65,17 @@ def run_figures(run: dict[str, Any]) -> dict[str, go.Figure]:
             with_kl, utility="neg_kl", attribute_label=labels["attribute"],
             utility_label="−KL(unedited ‖ intervened) on benign text (higher = closer to unedited)",
             title="Attribute vs closeness to the unedited model" + sub)
-    figs["lambda_heads"] = figures.lambda_heatmap(plan)
-    figs["lambda_heads_sorted"] = figures.lambda_heatmap(plan, sorted_view=True)
-    figs["importance_heads"] = figures.lambda_heatmap(plan, value="g")
-    figs["importance_neurons"] = figures.neuron_topk(plan, value="g")
+    return {**figs, **plan_figures(plan)}
+
+
+def plan_figures(plan: EditPlan) -> dict[str, go.Figure]:
+    """Every figure of one plan, by file stem (neuron lambda views only if it edits neurons)."""
+    figs = {
+        "lambda_heads": figures.lambda_heatmap(plan),
+        "lambda_heads_sorted": figures.lambda_heatmap(plan, sorted_view=True),
+        "importance_heads": figures.lambda_heatmap(plan, value="g"),
+        "importance_neurons": figures.neuron_topk(plan, value="g"),
+    }
     if plan.n_edited["neurons"]:
         figs["lambda_neurons"] = figures.neuron_topk(plan)
         figs["lambda_neuron_bins"] = figures.neuron_bins(plan)

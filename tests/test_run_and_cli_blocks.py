@@ -129,3 +129,16 @@ def test_every_command_has_help_with_an_example() -> None:
         result = runner.invoke(app, [*args, "--help"])
         example = result.output.split("Example:")[-1]
         assert result.exit_code == 0 and "Example:" in result.output and f"s2e {' '.join(args)}" in example, args
+
+
+def test_edit_with_a_bad_export_target_writes_nothing(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    model_dir = str(tiny_dirs["qwen2"])
+    invoke("extract", "safety", "--model", model_dir, "--out", str(tmp_path / "x"), "--json")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["edit", str(tmp_path / "x" / "statistics.safetensors"), "--model", model_dir,
+                                 "--rho-attn", "0.3", "--out", str(tmp_path / "plan"), "--export", str(busy)])
+    assert result.exit_code == 2 and "exists and is not empty" in result.output
+    assert not (tmp_path / "plan.safetensors").exists() and not (tmp_path / "plan.json").exists()
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
