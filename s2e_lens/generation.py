@@ -48,6 +48,7 @@ class Generation:
     text: str
     n_tokens: int  # generated tokens, EOS excluded
     stopped: bool  # True if it ended at EOS, False if it hit max_new_tokens
+    token_ids: tuple[int, ...] = ()  # the generated ids, EOS excluded
 
 
 def generate(
@@ -61,7 +62,7 @@ def generate(
     settings = settings or GenerationSettings()
     tok = model.tokenizer
     hf = model.hf_model
-    eos_ids = _eos_ids(model)
+    eos_ids = eos_token_ids(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
     encoded = [encode_prompt(tok, p, system=settings.system) for p in prompts]
     jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(settings.n)]
@@ -101,12 +102,13 @@ def generate(
                     text=tok.decode(kept, skip_special_tokens=True),
                     n_tokens=len(kept),
                     stopped=stop is not None,
+                    token_ids=tuple(kept),
                 )
             )
     return out
 
 
-def _eos_ids(model: LoadedModel) -> list[int]:
+def eos_token_ids(model: LoadedModel) -> list[int]:
     """Every token id that ends a turn: the generation config's EOS ids and the tokenizer's."""
     ids: list[int] = []
     gen_eos = getattr(model.hf_model.generation_config, "eos_token_id", None)

@@ -42,6 +42,7 @@ from s2e_lens.architectures import Family, family_for
 from s2e_lens.cache import SOURCE_FILE, atomic_directory, checkpoint_dir
 from s2e_lens.card import ModelCard, count_parameters
 from s2e_lens.identity import weights_fingerprint
+from s2e_lens.kv_cache import route_kv_cache
 from s2e_lens.errors import HubUnreachableError, UnknownModelError, WeightsCorruptError
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, PackagedModel
 
@@ -242,6 +243,24 @@ def _assemble(files: list[tuple[Path, int]], out: Path, *, progress: bool) -> st
     return digest.hexdigest()
 
 
+def weight_files_digest(spec: PackagedModel, *, progress: bool = False) -> str:
+    """sha256 of a packaged model's GGUF as installed (its parts hashed in order, sizes
+    checked first). Raises :class:`WeightsCorruptError` naming the reinstall command."""
+    files = spec.data_files()
+    reinstall = spec.pip_command().replace("--no-deps", "--no-deps --force-reinstall")
+    digest = hashlib.sha256()
+    for path, size in files:
+        if not path.is_file() or path.stat().st_size != size:
+            raise WeightsCorruptError(f"weight file {path} is missing, truncated or altered; reinstall with: {reinstall}")
+    with _bytes_bar(sum(size for _, size in files), "checking sha256", progress) as bar:
+        for path, _ in files:
+            with path.open("rb") as fh:
+                while block := fh.read(1 << 22):
+                    digest.update(block)
+                    bar.update(len(block))
+    return digest.hexdigest()
+
+
 def _bytes_bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, leave=False)
 
@@ -340,6 +359,7 @@ def _boot(
     bridge = TransformerBridge.boot_transformers(
         source_name, hf_model=model, tokenizer=tokenizer, device=str(device)
     )
+    route_kv_cache(bridge)  # cached decoding under transformers >= 5.24 (see s2e_lens.kv_cache)
     cfg = bridge.cfg
     card = ModelCard(
         name=name,

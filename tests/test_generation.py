@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from s2e_lens.chat import encode_prompt, render_prompt
-from s2e_lens.generation import GenerationSettings, _eos_ids, generate
+from s2e_lens.generation import GenerationSettings, eos_token_ids, generate
 from s2e_lens.loading import LoadedModel, load_model
 
 PROMPTS = ["hi", "What is two plus two?", "Tell me a story about a cat and a dog.", "ok"]
@@ -16,7 +16,7 @@ PROMPTS = ["hi", "What is two plus two?", "Tell me a story about a cat and a dog
 
 def _greedy_reference(model: LoadedModel, prompt: str, max_new: int) -> list[int]:
     ids = encode_prompt(model.tokenizer, prompt)
-    eos = set(_eos_ids(model))
+    eos = set(eos_token_ids(model))
     out: list[int] = []
     with torch.no_grad():
         for _ in range(max_new):
