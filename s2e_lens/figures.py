@@ -183,10 +183,14 @@ def frontier(
     title: str = "Attribute–utility trade-off",
 ) -> go.Figure:
     """The attribute–utility plane: the steering curve (in gamma order, from the unedited
-    model), Steer2Edit points with their Pareto frontier, baselines and the unedited model."""
+    model), Steer2Edit points with their Pareto frontier, baselines and the unedited model.
+    Interventions flagged ``degenerate_flag`` (mostly degenerate generations) are drawn apart
+    as grey crosses and left out of the curve and the frontier."""
     if attribute not in results or utility not in results:
         raise ValueError(f"results need columns {attribute!r} and {utility!r}; have {list(results.columns)}")
     fig = go.Figure()
+    flagged = results[results["degenerate_flag"].astype(bool)] if "degenerate_flag" in results else results.iloc[:0]
+    results = results.drop(flagged.index)
     base = results[results["kind"] == "none"]
     steer = results[results["kind"] == "steer"].sort_values("gamma") if "gamma" in results else results.iloc[:0]
     if not steer.empty:
@@ -211,6 +215,12 @@ def frontier(
         fig.add_trace(go.Scatter(x=[p.utility for p in pts], y=[p.attribute for p in pts], mode="lines",
                                  line=dict(color="#d62728", width=1), name="Steer2Edit Pareto frontier",
                                  hoverinfo="skip"))
+    if not flagged.empty:
+        fig.add_trace(go.Scatter(
+            x=flagged[utility], y=flagged[attribute], mode="markers", name="degenerate output (excluded)",
+            text=flagged["label"], marker=dict(color="#9e9e9e", symbol="x", size=10),
+            hovertemplate="%{text}<br>generations mostly degenerate<extra></extra>",
+        ))
     fig.update_xaxes(title=utility_label or utility)
     fig.update_yaxes(title=attribute_label or attribute)
     return _layout(fig, title, height=520, width=820)
@@ -366,14 +376,21 @@ class StaticExportError(RuntimeError):
     pass
 
 
+BROWSER_HINT = (
+    "static PNG/SVG figures need a Chrome or Chromium that kaleido can drive: 'make browser "
+    "INSTALL_CHROMIUM=yes' (Debian's chromium via apt-get), or 'apt install chromium', or "
+    "'plotly_get_chrome' (downloads Chrome for Testing), or point BROWSER_PATH at a Chrome binary; "
+    "interactive HTML figures need none"
+)
+
+
 def static_image(fig: go.Figure, fmt: str = "png", *, scale: float = 2.0) -> bytes:
     try:
         return fig.to_image(format=fmt, scale=scale)
     except Exception as err:  # kaleido raises several types when Chrome is missing
         raise StaticExportError(
             f"static {fmt} export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            "kaleido needs Chrome or Chromium: install it (Debian: apt install chromium; or run "
-            "plotly_get_chrome), or save as .html instead"
+            f"{BROWSER_HINT[0].upper()}{BROWSER_HINT[1:]}; or save as .html instead"
         ) from None
 
 

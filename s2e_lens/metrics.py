@@ -116,10 +116,72 @@ def repeated_ngram_fraction(tokens: Sequence[object], n: int = 4) -> float:
     return repeats / len(grams)
 
 
-def is_degenerate(text: str, threshold: float = 0.5, n: int = 4) -> bool:
-    """A generation that mostly repeats itself (word n-grams), or is empty."""
-    words = text.split()
-    return not words or repeated_ngram_fraction(words, n) >= threshold
+_UNIT = re.compile(r"\w+|[^\w\s]")
+
+
+def text_units(text: str) -> list[str]:
+    """Words and single punctuation marks, in order: ``"To---"`` -> ``["To", "-", "-", "-"]``.
+    Degeneracy is measured on these, so a run of dashes counts as repeated units."""
+    return _UNIT.findall(text)
+
+
+def loop_coverage(units: Sequence[object], max_period: int = 16, min_repeats: int = 3) -> float:
+    """Fraction of ``units`` that lie in a short loop: a block of 1 to ``max_period`` units
+    repeated back to back at least ``min_repeats`` times (one token repeated, ``"- - - -"``,
+    ``"I'm sorry. I'm sorry. I'm sorry."``). 0 for text without such loops, near 1 for
+    text that is nothing else."""
+    n = len(units)
+    if n == 0:
+        return 0.0
+    covered = [False] * n
+    for period in range(1, max_period + 1):
+        run = 0  # consecutive positions i with units[i] == units[i - period]
+        for i in range(period, n + 1):
+            if i < n and units[i] == units[i - period]:
+                run += 1
+                continue
+            if run >= (min_repeats - 1) * period:  # the block occurs min_repeats times in a row
+                for j in range(i - run - period, i):
+                    covered[j] = True
+            run = 0
+    return sum(covered) / n
+
+
+@dataclass(frozen=True)
+class Degeneracy:
+    """Why a generation reads as degenerate (each a fraction in [0, 1])."""
+
+    loop: float  # units inside short back-to-back loops (token level)
+    repeated_4grams: float  # word 4-grams seen earlier in the text (long loops)
+    punctuation: float  # units that are punctuation (reported, not scored: code is mostly punctuation)
+
+    @property
+    def score(self) -> float:
+        return max(self.loop, self.repeated_4grams)
+
+
+def degeneracy(text: str) -> Degeneracy:
+    """Measure the ways generated text degenerates: one token repeated, runs of
+    punctuation and short loops (:func:`loop_coverage` on :func:`text_units`), and long loops
+    (repeated word 4-grams). Empty text scores 1 on every axis."""
+    units = text_units(text)
+    if not units:
+        return Degeneracy(1.0, 1.0, 1.0)
+    punct = sum(not u[0].isalnum() and u[0] != "_" for u in units) / len(units)
+    return Degeneracy(loop_coverage(units), repeated_ngram_fraction(text.split(), 4), punct)
+
+
+def is_degenerate(text: str, threshold: float = 0.5) -> bool:
+    """True if the text is empty, or at least ``threshold`` of it is short loops or repeated
+    word 4-grams (see :func:`degeneracy`)."""
+    return degeneracy(text).score >= threshold
+
+
+def degenerate_fraction(texts: Sequence[str], threshold: float = 0.5) -> float:
+    """Share of ``texts`` that :func:`is_degenerate` flags."""
+    if not texts:
+        raise ValueError("degenerate_fraction of no texts is undefined")
+    return sum(is_degenerate(t, threshold) for t in texts) / len(texts)
 
 
 # ------------------------------------------------------------------------------------ KL

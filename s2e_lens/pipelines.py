@@ -4,6 +4,7 @@ cheap pruning -> held-out evaluation -> steering vs Steer2Edit comparison."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from s2e_lens import behaviours, datasets, interventions, sweep
+from s2e_lens import behaviours, datasets, health, interventions, sweep
 from s2e_lens.cache import atomic_file
 from s2e_lens.datasets import MultipleChoice
 from s2e_lens.extraction import collect_statistics
@@ -51,6 +52,21 @@ class RunConfig:
     batch_size: int = 16
     data_dir: str | None = None
     seed: int = 0
+    # before any evaluation, the unedited model must decode the same with and without its KV
+    # cache (always) and answer known questions sanely (this flag; off for models that cannot)
+    check_answers: bool = True
+    # interventions with more than this share of degenerate generations are excluded
+    max_degenerate: float = sweep.DEGENERATE_LIMIT
+
+    def __post_init__(self) -> None:
+        """Bad settings are refused here, before any model is loaded."""
+        check_behaviour(self.behaviour)
+        interventions.grid(self.rho_attn, self.rho_mlp, self.alpha)  # EditSettings checks each point
+        bad = [g for g in self.gammas if not math.isfinite(g)]
+        if bad:
+            raise ValueError(f"steering gammas must be finite numbers, got {bad}")
+        if not 0.0 <= self.max_degenerate <= 1.0:
+            raise ValueError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
 
     @classmethod
     def preset(cls, behaviour: str = "safety", size: str = "quick", **overrides: Any) -> RunConfig:
@@ -87,12 +103,15 @@ class RunResult:
     comparison: sweep.Comparison
     plans: dict[str, EditPlan]
     timings: dict[str, float] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the preflight checks it passed
 
     def best_plan(self) -> tuple[str, EditPlan]:
-        """The evaluated Steer2Edit plan with the highest attribute (utility breaks ties)."""
-        edits = self.results[self.results["kind"] == "edit"]
+        """The evaluated Steer2Edit plan with the highest attribute (utility breaks ties),
+        among those whose generations are not mostly degenerate."""
+        ok = sweep.sane(self.results)
+        edits = ok[ok["kind"] == "edit"]
         if edits.empty:
-            raise ValueError("no Steer2Edit candidate survived pruning")
+            raise ValueError("no Steer2Edit candidate survived pruning with sane generations")
         best = edits.sort_values(["attribute", "utility"], ascending=False).iloc[0]
         return str(best["label"]), self.plans[str(best["label"])]
 
@@ -101,9 +120,10 @@ class RunResult:
         whose utility is at least the edit's; the mildest steering if none is."""
         frame = self.results
         edit = frame[frame["label"] == edit_label].iloc[0]
-        steer = frame[frame["kind"] == "steer"]
+        ok = sweep.sane(frame)
+        steer = ok[ok["kind"] == "steer"]
         if steer.empty:
-            raise ValueError("the run has no steering results")
+            raise ValueError("the run has no steering results with sane generations")
         ok = steer[steer["utility"] >= edit["utility"]]
         pick = ok.sort_values("attribute", ascending=False) if not ok.empty else steer.sort_values("gamma")
         return str(pick.iloc[0]["label"])
@@ -126,7 +146,8 @@ class RunResult:
             "config": self.config.__dict__, "data": self.data_provenance, "timings_s": self.timings,
             "best_plan": label, "matched_steering": self.matched_steering(label),
             "plan_files": plan_files, "mean_gain_at_matched_utility": self.comparison.mean_gain,
-            "model": self.model.card.to_dict(),
+            "degenerate_excluded": self.comparison.excluded, "checks": self.checks,
+            "stack": health.stack_versions(), "model": self.model.card.to_dict(),
         }
         with atomic_file(out / "summary.json", "w") as fh:
             fh.write(json.dumps(summary, indent=2, default=str) + "\n")  # type: ignore[attr-defined]
@@ -151,6 +172,9 @@ def benign_pairs(n: int = 24) -> list[tuple[str, str]]:
     return [(r["prompt"], r["response"]) for r in rows[:n]]
 
 
+N_PROBE = 8  # benign prompts answered by every intervention of a log-likelihood suite (degeneracy)
+
+
 def make_suite(config: RunConfig, model: LoadedModel) -> sweep.Suite:
     """What a run measures, on the test split: attribute, utility, benign CE and KL."""
     check_behaviour(config.behaviour)
@@ -163,7 +187,9 @@ def make_suite(config: RunConfig, model: LoadedModel) -> sweep.Suite:
         )
     items = datasets.load_truthfulqa(config.data_dir)
     test_items = behaviours.split(items, lambda it: it.question, "test")[: config.n_eval * 2]
-    return sweep.truthfulness_suite(model, test_items, mc_items=utility_items(config), benign_pairs=benign_pairs())
+    probes = behaviours.safety_prompts("test")["harmless"][:N_PROBE]
+    return sweep.truthfulness_suite(model, test_items, mc_items=utility_items(config), benign_pairs=benign_pairs(),
+                                    probe_prompts=probes, max_new_tokens=config.max_new_tokens)
 
 
 def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool = True) -> RunResult:
@@ -179,6 +205,8 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     check_behaviour(config.behaviour)
     model = model or load_model(config.model, progress=progress)
     lap("load")
+    checks = health.preflight(model, known=config.check_answers).checks
+    lap("checks")
     data = behaviours.by_name(config.behaviour, data_dir=config.data_dir)
     suite = make_suite(config, model)
     lap("data")
@@ -196,10 +224,11 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     if config.baselines:
         candidates += [interventions.orthogonalisation(model, vectors),
                        interventions.iti(model, stats, config.iti_k, config.iti_gamma)]
-    results = sweep.run(model, suite, candidates, progress=progress)
+    results = sweep.run(model, suite, candidates, progress=progress, max_degenerate=config.max_degenerate)
     lap("evaluation")
     return RunResult(config, model, dict(data.provenance), stats, vectors, screening, results,
-                     sweep.compare(results), {c.label: c.plan for c in kept if c.plan is not None}, timings)
+                     sweep.compare(results), {c.label: c.plan for c in kept if c.plan is not None}, timings,
+                     [c.__dict__ for c in checks])
 
 
 def example_generations(result: RunResult, *, n_attribute: int = 4, n_benign: int = 2,

@@ -18,6 +18,7 @@ from s2e_lens.cache import atomic_file
 from s2e_lens.errors import S2EError
 from s2e_lens.loading import LoadedModel
 from s2e_lens.plan import EditPlan
+from s2e_lens.sweep import degenerate_rows
 
 LABELS = {
     "safety": {"attribute": "refusal rate on held-out harmful prompts",
@@ -26,7 +27,7 @@ LABELS = {
                      "utility": "multiple-choice accuracy (ARC-Easy, PIQA, HellaSwag)"},
 }
 COLUMNS = ["label", "attribute", "utility", "kl", "benign_ce", "over_refusal_harmless", "over_refusal_scary",
-           "degenerate_harmful", "mc1", "heads_edited", "neurons_edited"]
+           "degenerate", "mc1", "heads_edited", "neurons_edited"]
 
 
 class RunDirectoryError(S2EError):
@@ -118,6 +119,11 @@ def headline(run: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
         lines.append(f"Steering at matched utility (strongest steering with utility ≥ the edit's): "
                      f"**{st['label']}** — attribute {st['attribute']:.3f}, utility {st['utility']:.3f}"
                      + (f", KL {st['kl']:.3f}" if "kl" in st else "") + ".")
+    flagged = degenerate_rows(results)
+    if len(flagged):
+        names = ", ".join(f"{r['label']} ({r['degenerate']:.0%} degenerate)" for _, r in flagged.iterrows())
+        lines.append(f"Kept out of the comparison because their generations are mostly degenerate "
+                     f"(loops, repeated tokens, runs of punctuation): **{names}**.")
     gain = summary.get("mean_gain_at_matched_utility")
     if gain is not None and not (isinstance(gain, float) and math.isnan(gain)):
         verdict = "Steer2Edit is ahead" if gain > 0 else "steering is ahead" if gain < 0 else "they tie"
@@ -190,7 +196,7 @@ def _markdown(out: Path, run: dict[str, Any], summary: dict[str, Any], headline:
     if pngs:
         md += [f"![{stem}]({path})" for stem, path in pngs.items()]
     else:
-        md += ["Static images need Chrome/Chromium for kaleido (not found); the figures are in report.html."]
+        md += [f"No static images here: {figures.BROWSER_HINT}. The interactive figures are in report.html."]
     if attention:
         md += ["", "Attention patterns of the most-edited heads: figures/attention_top_heads.html"]
     if run["examples"]:

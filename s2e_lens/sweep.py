@@ -24,11 +24,16 @@ from s2e_lens.evaluation import (
     response_cross_entropy,
     truthfulqa_eval,
 )
-from s2e_lens.generation import GenerationSettings
+from s2e_lens.generation import GenerationSettings, generate
 from s2e_lens.interventions import Intervention
 from s2e_lens.loading import LoadedModel
 
 Measure = Callable[[LoadedModel], dict[str, Any]]
+
+# An intervention with more than this share of degenerate generations (metrics.is_degenerate)
+# produces broken output, not a trade-off: it is kept out of the comparison, the best-edit
+# choice and the headline, and reports list it separately.
+DEGENERATE_LIMIT = 0.5
 
 
 @dataclass
@@ -73,8 +78,12 @@ def safety_suite(
                "harmless_answered": 1.0 - b.rate,
                "degenerate_harmful": r.degenerate, "degenerate_harmless": b.degenerate,
                "example_harmful": r.responses[0], "example_harmless": b.responses[0]}
+        texts = r.responses + b.responses
         if scary_but_safe:
-            row["over_refusal_scary"] = refusal_eval(m, scary_but_safe, settings, judge).rate
+            s = refusal_eval(m, scary_but_safe, settings, judge)
+            row["over_refusal_scary"] = s.rate
+            texts += s.responses
+        row["degenerate"] = metrics.degenerate_fraction(texts)
         if not mc_items:  # utility = share of harmless prompts answered
             row["utility"] = row["harmless_answered"]
         return row
@@ -99,13 +108,24 @@ def truthfulness_suite(
     *,
     mc_items: Sequence[MultipleChoice] = (),
     benign_pairs: Sequence[tuple[str, str]] = (),
+    probe_prompts: Sequence[str] = (),
+    max_new_tokens: int = 32,
 ) -> Suite:
     """Attribute: TruthfulQA binary preference on held-out ``test_items`` (MC1 also
-    reported). Utility: multiple-choice accuracy on ``mc_items``."""
+    reported). Utility: multiple-choice accuracy on ``mc_items``. The scores are
+    log-likelihoods, so greedy answers to ``probe_prompts`` measure whether the intervention
+    still produces sane text (``degenerate``)."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=48)
 
     def attribute(m: LoadedModel) -> dict[str, Any]:
         r = truthfulqa_eval(m, test_items)
-        return {"attribute": r.binary_preference, "binary_preference": r.binary_preference, "mc1": r.mc1}
+        row: dict[str, Any] = {"attribute": r.binary_preference, "binary_preference": r.binary_preference,
+                               "mc1": r.mc1}
+        if probe_prompts:
+            texts = [g.text for g in generate(m, probe_prompts, settings)]
+            row["degenerate"] = metrics.degenerate_fraction(texts)
+            row["example_probe"] = texts[0]
+        return row
 
     def utility(m: LoadedModel) -> dict[str, Any]:
         row: dict[str, Any] = {}
@@ -117,7 +137,7 @@ def truthfulness_suite(
 
     return Suite("truthfulness", attribute, utility,
                  KLReference(model, benign_pairs[:16]) if benign_pairs else None,
-                 {"n_test": len(test_items), "n_mc": len(mc_items)})
+                 {"n_test": len(test_items), "n_mc": len(mc_items), "n_probe": len(probe_prompts)})
 
 
 def prune(
@@ -145,9 +165,15 @@ def prune(
 
 
 def run(
-    model: LoadedModel, suite: Suite, interventions: Sequence[Intervention], *, progress: bool = True
+    model: LoadedModel,
+    suite: Suite,
+    interventions: Sequence[Intervention],
+    *,
+    progress: bool = True,
+    max_degenerate: float = DEGENERATE_LIMIT,
 ) -> pd.DataFrame:
-    """Measure every intervention (the unedited model is always included)."""
+    """Measure every intervention (the unedited model is always included). A row whose
+    ``degenerate`` share exceeds ``max_degenerate`` gets ``degenerate_flag`` (see :func:`sane`)."""
     from s2e_lens.interventions import unedited
 
     todo = list(interventions)
@@ -158,8 +184,24 @@ def run(
         started = time.perf_counter()
         with item.active(model):
             figures = suite.measure(model)
-        rows.append({**item.describe(), **figures, "seconds": round(time.perf_counter() - started, 1)})
+        row = {**item.describe(), **figures}
+        row["degenerate_flag"] = bool(row.get("degenerate", 0.0) > max_degenerate)
+        rows.append({**row, "seconds": round(time.perf_counter() - started, 1)})
     return pd.DataFrame(rows)
+
+
+def sane(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows not flagged for degenerate generations (see :data:`DEGENERATE_LIMIT`)."""
+    if "degenerate_flag" not in frame:
+        return frame
+    return frame[~frame["degenerate_flag"].astype(bool)]
+
+
+def degenerate_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows kept out of comparisons because their generations are mostly degenerate."""
+    if "degenerate_flag" not in frame:
+        return frame.iloc[:0]
+    return frame[frame["degenerate_flag"].astype(bool)]
 
 
 def points(frame: pd.DataFrame, kind: str, utility: str = "utility") -> list[metrics.Point]:
@@ -170,13 +212,15 @@ def points(frame: pd.DataFrame, kind: str, utility: str = "utility") -> list[met
 
 @dataclass
 class Comparison:
-    """Steer2Edit vs steering on one sweep's results."""
+    """Steer2Edit vs steering on one sweep's results (degenerate interventions excluded and
+    named in ``excluded``)."""
 
     frame: pd.DataFrame
     matches: list[metrics.MatchedGain]
     mean_gain: float
     frontier_edit: list[metrics.Point]
     frontier_steer: list[metrics.Point]
+    excluded: list[str] = field(default_factory=list)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([{
@@ -189,12 +233,15 @@ class Comparison:
 
 def compare(frame: pd.DataFrame, utility: str = "utility") -> Comparison:
     """Gain at matched utility: steering's points (the unedited model counts as gamma = 0)
-    against the Steer2Edit points. ``utility`` names the column to match on."""
-    steer = points(frame, "steer", utility) + points(frame, "none", utility)
-    edit = points(frame, "edit", utility)
+    against the Steer2Edit points. ``utility`` names the column to match on. Interventions
+    whose generations are mostly degenerate take no part (their labels are in ``excluded``)."""
+    ok = sane(frame)
+    steer = points(ok, "steer", utility) + points(ok, "none", utility)
+    edit = points(ok, "edit", utility)
     matches = metrics.gains_at_matched_utility(steer, edit)
     return Comparison(frame, matches, metrics.mean_gain(matches),
-                      metrics.pareto_frontier(edit), metrics.pareto_frontier(steer))
+                      metrics.pareto_frontier(edit), metrics.pareto_frontier(steer),
+                      [str(x) for x in degenerate_rows(frame)["label"]])
 
 
 def save(frame: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:

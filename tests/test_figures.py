@@ -113,6 +113,22 @@ def test_frontier_draws_every_kind_and_the_steering_curve_in_gamma_order() -> No
         figures.frontier(frame, utility="kl")
 
 
+def test_frontier_sets_degenerate_interventions_apart() -> None:
+    frame = pd.DataFrame([
+        {"kind": "none", "label": "unedited", "attribute": 0.1, "utility": 0.5, "gamma": math.nan, "degenerate_flag": False},
+        {"kind": "steer", "label": "g1", "attribute": 0.5, "utility": 0.4, "gamma": 1.0, "degenerate_flag": False},
+        {"kind": "steer", "label": "g4", "attribute": 1.0, "utility": 0.1, "gamma": 4.0, "degenerate_flag": True},
+        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.5, "gamma": math.nan, "degenerate_flag": False},
+        {"kind": "edit", "label": "e9", "attribute": 0.9, "utility": 0.45, "gamma": math.nan, "degenerate_flag": True},
+    ])
+    fig = figures.frontier(frame)
+    assert list(fig.data[0].y) == [0.1, 0.5]  # the steering curve stops before the broken gamma
+    flagged = next(t for t in fig.data if t.name == "degenerate output (excluded)")
+    assert sorted(flagged.text) == ["e9", "g4"]
+    edits = next(t for t in fig.data if t.name == "Steer2Edit")
+    assert list(edits.text) == ["e1"]
+
+
 def test_overlap_matrix_against_hand_counts() -> None:
     a, b = make_plan(1), make_plan(2, rho=0.02)
     table = figures.overlap_matrix({"a": a, "b": b}).set_index(["a", "b"])

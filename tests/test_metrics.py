@@ -54,9 +54,46 @@ def test_answer_correct() -> None:
 def test_repetition() -> None:
     assert M.repeated_ngram_fraction([1, 2, 1, 2, 1, 2], n=2) == pytest.approx(3 / 5)
     assert M.repeated_ngram_fraction([1, 2, 3], n=4) == 0.0
-    assert M.is_degenerate("the cat the cat the cat the cat the cat the cat", n=2)
+    assert M.is_degenerate("the cat the cat the cat the cat the cat the cat")
     assert not M.is_degenerate("Paris is the capital of France and its largest city.")
     assert M.is_degenerate("   ")
+
+
+def test_loop_coverage_by_hand() -> None:
+    # one unit three times in a row (positions 1-3 of 5); a block of two, three times (0-5 of 8)
+    assert M.loop_coverage(list("abbbc")) == pytest.approx(3 / 5)
+    assert M.loop_coverage(list("xyxyxyzw")) == pytest.approx(6 / 8)
+    assert M.loop_coverage(list("abbc")) == 0.0  # twice is not a loop
+    assert M.loop_coverage(list("abcdefgh")) == 0.0
+    assert M.loop_coverage([]) == 0.0
+    # a period longer than max_period is not counted
+    assert M.loop_coverage(list("abc") * 3, max_period=2) == 0.0
+    assert M.loop_coverage(list("abc") * 3, max_period=3) == 1.0
+
+
+@pytest.mark.parametrize("text", [
+    "The------------------------------------------------------------",  # what transformers 5.24 produced
+    "To-----------...",
+    "Paris Paris Paris Paris Paris Paris",
+    "I'm sorry. I'm sorry. I'm sorry. I'm sorry.",
+    "!!!!!!!!!!!!!!!!",
+    "",
+])
+def test_token_level_degeneracy_is_caught(text: str) -> None:
+    # word 4-grams alone miss every one of these but the last two loops
+    assert M.is_degenerate(text)
+    assert M.degenerate_fraction([text, "The capital of France is Paris."]) == 0.5
+
+
+@pytest.mark.parametrize("text", [
+    "The capital of France is Paris.",
+    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+    'print("hello, world!")  # prints a greeting',
+    "I can't help with that. Picking a lock to enter someone's home is illegal.",
+    "Sure! Here are the steps: first, preheat the oven. Then mix the flour and the eggs.",
+])
+def test_sane_text_is_not_degenerate(text: str) -> None:
+    assert not M.is_degenerate(text), M.degeneracy(text)
 
 
 def test_kl_divergence_by_hand() -> None:

@@ -58,6 +58,22 @@ def test_compare_matches_steering_levels_with_edits() -> None:
     assert [p.label for p in result.frontier_edit] == ["e2", "e1"]
 
 
+def test_compare_leaves_degenerate_interventions_out() -> None:
+    frame = pd.DataFrame([
+        {"kind": "none", "label": "unedited", "attribute": 0.0, "utility": 0.50, "degenerate_flag": False},
+        {"kind": "steer", "label": "g1", "attribute": 0.2, "utility": 0.45, "degenerate_flag": False},
+        {"kind": "steer", "label": "g9", "attribute": 1.0, "utility": 0.10, "degenerate_flag": True},
+        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.47, "degenerate_flag": False},
+        {"kind": "edit", "label": "e9", "attribute": 0.9, "utility": 0.49, "degenerate_flag": True},
+    ])
+    result = sweep.compare(frame)
+    table = result.table()
+    assert table["steering"].tolist() == ["g1", "unedited"]
+    assert table["best_edit"].tolist()[0] == "e1" and table["gain"].tolist()[0] == pytest.approx(0.2)
+    assert result.mean_gain == pytest.approx(0.2) and result.excluded == ["g9", "e9"]
+    assert sweep.sane(frame)["label"].tolist() == ["unedited", "g1", "e1"]
+
+
 def test_sweep_runs_every_intervention_and_restores_the_model(tiny_dirs: dict[str, Path]) -> None:
     model = load_model(str(tiny_dirs["llama"]), progress=False)
     before = {k: v.clone() for k, v in model.hf_state_dict().items()}
@@ -125,3 +141,20 @@ def test_generation_based_builders(tiny_dirs: dict[str, Path]) -> None:
     test = behaviours.safety_prompts("test")
     assert {p.prompt for p in teacher.positive}.isdisjoint(test["harmful"])
     assert [p.prompt for p in teacher.positive] == [p.prompt for p in teacher.negative]
+
+
+def test_report_headline_names_the_degenerate_interventions_it_leaves_out() -> None:
+    from s2e_lens.report import headline
+
+    frame = pd.DataFrame([
+        {"kind": "none", "label": "unedited", "attribute": 0.1, "utility": 0.5, "degenerate": 0.0, "degenerate_flag": False},
+        {"kind": "steer", "label": "steer gamma=1", "attribute": 0.3, "utility": 0.5, "degenerate": 0.1, "degenerate_flag": False},
+        {"kind": "steer", "label": "steer gamma=4", "attribute": 1.0, "utility": 0.5, "degenerate": 0.9, "degenerate_flag": True},
+        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.5, "degenerate": 0.0, "degenerate_flag": False},
+    ])
+    summary = {"best_plan": "e1", "matched_steering": "steer gamma=1",
+               "mean_gain_at_matched_utility": sweep.compare(frame).mean_gain}
+    _, lines = headline({"summary": summary, "results": frame})
+    text = " ".join(lines)
+    assert "**steer gamma=4 (90% degenerate)**" in text
+    assert "+0.200" in text  # e1 against gamma=1 and the unedited model: (0.1 + 0.3) / 2; gamma=4 ignored
