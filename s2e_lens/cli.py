@@ -33,6 +33,15 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+MaxDegenerateOpt = Annotated[float, typer.Option(
+    min=0.0, max=1.0,
+    help="Exclude interventions with more than this share of degenerate generations (loops, "
+         "repeated tokens, runs of punctuation) from the comparison and the headline.")]
+AnswerCheckOpt = Annotated[bool, typer.Option(
+    "--answer-check/--skip-answer-check",
+    help="Before evaluating, the unedited model must decode the same with and without its KV cache "
+         "(always checked) and answer a few known questions sanely (skip this part for a model "
+         "that cannot, e.g. one trained on code).")]
 
 
 def _fail(err: Exception) -> None:
@@ -181,6 +190,8 @@ def sweep_cmd(
     n_eval: Annotated[int, typer.Option(min=2, help="Held-out prompts/questions per set.")] = 40,
     n_mc: Annotated[int, typer.Option(min=1, help="Multiple-choice items per utility set.")] = 20,
     data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    answer_check: AnswerCheckOpt = True,
+    max_degenerate: MaxDegenerateOpt = 0.5,
     as_json: JsonOpt = False,
 ) -> None:
     """Sweep activation steering (gamma) and Steer2Edit (rho_attn, rho_mlp, alpha) on a behaviour,
@@ -198,7 +209,7 @@ def sweep_cmd(
             model=model_name, behaviour=behaviour, gammas=_floats(gammas, "--gammas"),
             rho_attn=_floats(rho_attn, "--rho-attn"), rho_mlp=_floats(rho_mlp, "--rho-mlp"),
             alpha=_floats(alpha, "--alpha"), keep_edits=keep, max_kl=max_kl, n_eval=n_eval, n_mc=n_mc,
-            data_dir=data_dir,
+            data_dir=data_dir, check_answers=answer_check, max_degenerate=max_degenerate,
         )
         result = run(config, progress=not as_json)
         path = result.save(out)
@@ -275,6 +286,40 @@ def bench_engine_cmd(
     typer.echo("\n".join(lines))
 
 
+@app.command("doctor")
+def doctor_cmd(
+    model_name: Annotated[str | None, typer.Option("--model", "-m", help="Model to check generation on (default: the default packaged model).")] = None,
+    figures: Annotated[bool, typer.Option(help="Also check static (PNG) figure export.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the installation: versions, threads and device; the packaged models' files
+    (sha256); bridge logits vs plain transformers; cached vs uncached generation; known
+    answers; static figure export. One line per failure with its fix; exit code 1 if any
+    check fails.
+
+    Example: s2e doctor
+    """
+    from s2e_lens import health
+
+    env = health.environment()
+    checks = health.doctor(model_name, figures_check=figures)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        typer.echo(json.dumps({"environment": env, "checks": [c.__dict__ for c in checks], "ok": not failed}))
+    else:
+        for key, value in env.items():
+            typer.echo(f"{key:<18}{value}")
+        typer.echo("")
+        for c in checks:
+            mark = typer.style("ok  ", fg=typer.colors.GREEN) if c.ok else typer.style("FAIL", fg=typer.colors.RED)
+            typer.echo(f"{mark} {c.name}: {c.detail}")
+        for c in failed:
+            typer.echo(f"fix: {c.name}: {c.fix}", err=True)
+        typer.echo("" if failed else "\nall checks passed")
+    if failed:
+        raise typer.Exit(code=1)
+
+
 # ------------------------------------------------------------------------ the main job
 
 
@@ -291,6 +336,8 @@ def run_cmd(
     n_eval: Annotated[int | None, typer.Option(min=2, help="Override: held-out prompts/questions per set.")] = None,
     n_mc: Annotated[int | None, typer.Option(min=1, help="Override: multiple-choice items per utility set.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    answer_check: AnswerCheckOpt = True,
+    max_degenerate: MaxDegenerateOpt = 0.5,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: data -> statistics -> steering vectors -> Steer2Edit candidates ->
@@ -303,7 +350,8 @@ def run_cmd(
 
     overrides = {k: v for k, v in {"n_eval": n_eval, "n_mc": n_mc}.items() if v is not None}
     try:
-        config = RunConfig.preset(behaviour, preset, model=model_name, data_dir=data_dir, **overrides)
+        config = RunConfig.preset(behaviour, preset, model=model_name, data_dir=data_dir,
+                                  check_answers=answer_check, max_degenerate=max_degenerate, **overrides)
         target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
         started = time.perf_counter()
         report_path = main_job(config, target, progress=not as_json)
@@ -443,6 +491,7 @@ def eval_cmd(
     n_eval: Annotated[int, typer.Option(min=2)] = 24,
     n_mc: Annotated[int, typer.Option(min=1)] = 10,
     data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    answer_check: AnswerCheckOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a behaviour's attribute and utility on held-out data, for the unedited model,
@@ -450,7 +499,7 @@ def eval_cmd(
 
     Example: s2e eval safety --plan runs/demo/best_plan.safetensors --json
     """
-    from s2e_lens import interventions
+    from s2e_lens import health, interventions
     from s2e_lens.loading import load_model
     from s2e_lens.pipelines import RunConfig, make_suite
     from s2e_lens.plan import EditPlan
@@ -461,6 +510,7 @@ def eval_cmd(
             raise S2EError("give --plan or --vectors, not both")
         model = load_model(model_name, progress=False)
         config = RunConfig.preset(behaviour, "quick", model=model_name, n_eval=n_eval, n_mc=n_mc, data_dir=data_dir)
+        health.preflight(model, known=answer_check)
         suite = make_suite(config, model)
         if plan:
             item = interventions.Intervention("edit", f"plan {plan}", plan=EditPlan.load(plan))
