@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from jaxtyping import Float
 
-from s2e_lens.cache import atomic_file
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.files import write_text
 from s2e_lens.chat import encode_prompt
 from s2e_lens.loading import LoadedModel
 from s2e_lens.plan import EditPlan
@@ -30,11 +31,11 @@ def attention_patterns(
     """Attention probabilities of ``heads`` on ``prompt`` (chat-templated unless ``chat=False``)
     and the prompt's tokens as strings. Runs the model as it is (edited or not)."""
     if not heads:
-        raise ValueError("no heads given: pass (layer, head) pairs, or a plan that edits some heads")
+        raise InvalidInputError("no heads given: pass (layer, head) pairs, or a plan that edits some heads")
     n_layers, n_heads = model.card.n_layers, model.card.n_heads
     for layer, head in heads:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(f"head ({layer}, {head}) does not exist: the model has {n_layers} layers "
+            raise InvalidInputError(f"head ({layer}, {head}) does not exist: the model has {n_layers} layers "
                              f"x {n_heads} heads")
     tok = model.tokenizer
     ids = encode_prompt(tok, prompt) if chat else list(tok(prompt)["input_ids"])
@@ -65,11 +66,9 @@ class OfflineHTML:
     def _repr_html_(self) -> str:
         return self.html
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        with atomic_file(path, "w") as fh:
-            fh.write(f"<!doctype html><meta charset='utf-8'><body>{self.html}</body>")  # type: ignore[attr-defined]
-        return path
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """A standalone HTML page; an existing file is replaced only with ``overwrite``."""
+        return write_text(path, f"<!doctype html><meta charset='utf-8'><body>{self.html}</body>", overwrite=overwrite)
 
 
 def attention_view(
@@ -85,7 +84,7 @@ def attention_view(
 
     if heads is None:
         if plan is None:
-            raise ValueError("give heads=[(layer, head), ...] or a plan to take its most-edited heads from")
+            raise InvalidInputError("give heads=[(layer, head), ...] or a plan to take its most-edited heads from")
         heads = top_heads(plan, n)
     patterns, tokens = attention_patterns(model, prompt, heads)
     names = [f"L{layer}H{head}" + (f" λ={float(plan.head_lambda[layer, head]):+.2f}" if plan is not None else "")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from s2e_lens.errors import InvalidInputError
 from s2e_lens import metrics
 from s2e_lens.contrastive import ContrastiveSet, ContrastiveSetError, Pair
 from s2e_lens.datasets import (
@@ -24,6 +25,7 @@ from s2e_lens.datasets import (
     load_safety_prompts,
     load_truthfulqa,
     read_jsonl,
+    read_jsonl_lines,
 )
 from s2e_lens.generation import GenerationSettings, generate
 from s2e_lens.loading import LoadedModel
@@ -39,7 +41,7 @@ def split_of(text: str, tune_fraction: float = 0.5, salt: str = "s2e") -> str:
 
 def split(items: Sequence[T], key: Callable[[T], str], part: str, tune_fraction: float = 0.5) -> list[T]:
     if part not in ("tune", "test", "all"):
-        raise ValueError(f"split must be tune, test or all, got {part!r}")
+        raise InvalidInputError(f"split must be tune, test or all, got {part!r}")
     return [x for x in items if part == "all" or split_of(key(x), tune_fraction) == part]
 
 
@@ -83,9 +85,9 @@ def safety(
             [(r["prompt"], r["refusal"]) for r in rows], [(r["prompt"], r["compliance"]) for r in rows], provenance
         )
     if mode != "own":
-        raise ValueError(f"mode must be teacher_forced or own, got {mode!r}")
+        raise InvalidInputError(f"mode must be teacher_forced or own, got {mode!r}")
     if model is None:
-        raise ValueError("mode='own' needs the model whose responses to use")
+        raise InvalidInputError("mode='own' needs the model whose responses to use")
     settings = settings or GenerationSettings(max_new_tokens=48, temperature=0.8, top_p=0.95, n=samples, seed=0)
     gens = generate(model, [r["prompt"] for r in rows], settings)
     judge = judge or (lambda _p, r: metrics.is_refusal(r))
@@ -123,7 +125,7 @@ def truthfulness(
     provenance: dict[str, Any] = {"behaviour": "truthfulness", "split": part, "n_questions": len(chosen)}
     if model is not None:
         if judge is None:
-            raise ValueError("the model's own answers need a judge(item, answer) -> bool")
+            raise InvalidInputError("the model's own answers need a judge(item, answer) -> bool")
         gens = generate(model, [it.question for it in chosen],
                         GenerationSettings(max_new_tokens=48, temperature=0.8, top_p=0.95, n=samples, seed=0))
         owner = {it.question: it for it in chosen}
@@ -157,7 +159,7 @@ def concise(
     """Reasoning length. The model's own sampled solutions: the shortest ``fraction``
     (positive) vs the longest ``fraction`` (negative), by generated tokens (at least one each)."""
     if not 0 < fraction <= 0.5:
-        raise ValueError(f"fraction must be in (0, 0.5], got {fraction}")
+        raise InvalidInputError(f"fraction must be in (0, 0.5], got {fraction}")
     chosen = split(items, lambda it: it.question, part)
     prompts = [prompt_template.format(question=it.question) for it in chosen]
     gens = generate(model, prompts, GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.8,
@@ -182,9 +184,9 @@ _LABELS = {"positive": True, "pos": True, "1": True, "true": True,
 def custom_jsonl(path: str | Path) -> ContrastiveSet:
     """Your own behaviour: a JSONL of ``{"prompt", "response", "label"}`` rows, label one of
     positive/negative (or 1/0, true/false)."""
-    rows = read_jsonl(path, {"prompt": "str", "response": "str"})
+    rows = read_jsonl_lines(path, {"prompt": "str", "response": "str"})
     pos, neg = [], []
-    for lineno, row in enumerate(rows, 1):
+    for lineno, row in rows:
         label = str(row.get("label", "")).strip().lower()
         if label not in _LABELS:
             raise DataFormatError(f"{path}:{lineno}: label {row.get('label')!r} is not positive/negative (or 1/0)")
@@ -208,14 +210,13 @@ def custom_generated(
                                                 "n_generations": len(gens)})
 
 
-def save_jsonl(data: ContrastiveSet, path: str | Path) -> None:
+def save_jsonl(data: ContrastiveSet, path: str | Path, *, overwrite: bool = False) -> None:
     """Write a contrastive set in the custom JSONL format (round-trips with custom_jsonl)."""
-    from s2e_lens.cache import atomic_file
+    from s2e_lens.files import write_text
 
-    with atomic_file(Path(path), "w") as fh:
-        for label, pairs in (("positive", data.positive), ("negative", data.negative)):
-            for p in pairs:
-                fh.write(json.dumps({"prompt": p.prompt, "response": p.response, "label": label}) + "\n")  # type: ignore[attr-defined]
+    rows = [json.dumps({"prompt": p.prompt, "response": p.response, "label": label}) + "\n"
+            for label, pairs in (("positive", data.positive), ("negative", data.negative)) for p in pairs]
+    write_text(path, "".join(rows), overwrite=overwrite)
 
 
 # ------------------------------------------------------------------------------- by name
@@ -240,7 +241,7 @@ def by_name(
         return truthfulness(load_truthfulqa(data_dir), part=part)
     if name == "concise":
         if model is None:
-            raise ValueError("behaviour 'concise' samples the model's own solutions: pass model=...")
+            raise InvalidInputError("behaviour 'concise' samples the model's own solutions: pass model=...")
         return concise(model, load_gsm8k(data_dir), part=part)
     if name == "custom":
         if not data:

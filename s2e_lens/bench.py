@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from s2e_lens.errors import InvalidInputError
 from s2e_lens.registry import PACKAGED_MODELS
 
 
@@ -37,7 +38,7 @@ class LoadTimes:
 def bench_load(name: str, repeats: int = 3) -> LoadTimes:
     """Time the first load of a packaged model into an empty cache, then cached loads."""
     if name not in PACKAGED_MODELS:
-        raise ValueError(f"load benchmark needs a packaged model, one of {', '.join(PACKAGED_MODELS)}")
+        raise InvalidInputError(f"load benchmark needs a packaged model, one of {', '.join(PACKAGED_MODELS)}")
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import s2e_lens.loading"], check=True)
     import_s = time.perf_counter() - started
@@ -272,7 +273,7 @@ def bench_generate(name: str, batch_size: int = 48, max_new_tokens: int = 32, n:
 
     model = load_model(name, progress=False)
     if model.card.checkpoint is None:
-        raise ValueError("the generation benchmark needs a model with a local checkpoint")
+        raise InvalidInputError("the generation benchmark needs a model with a local checkpoint")
     plain = AutoModelForCausalLM.from_pretrained(model.card.checkpoint, attn_implementation="eager").eval()
     prompts = [p.prompt for p in synthetic_set(n).positive]
     tok = model.tokenizer

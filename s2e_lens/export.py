@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from s2e_lens.cache import atomic_directory
+from s2e_lens.files import atomic_directory, check_output
 from s2e_lens.errors import S2EError
 from s2e_lens.loading import LoadedModel
 
@@ -21,10 +21,11 @@ EDIT_RECORD = "s2e_edits.json"
 
 
 def export_model(model: LoadedModel, directory: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``model`` (with whatever edits are applied) to ``directory``, atomically."""
-    target = Path(directory)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise S2EError(f"{target} exists and is not empty; pass overwrite=True (CLI: --overwrite)")
+    """Write ``model`` (with whatever edits are applied) to ``directory`` as one output: built
+    in a scratch directory beside it and renamed into place when complete. A non-empty
+    ``directory`` is replaced only with ``overwrite``; the current directory and its parents
+    never are."""
+    target = check_output(directory, kind="dir", overwrite=overwrite, what="export directory")
     hf = model.hf_model
     state = model.hf_state_dict()
     with torch.device("meta"):
@@ -41,7 +42,7 @@ def export_model(model: LoadedModel, directory: str | Path, *, overwrite: bool =
         "fingerprint": model.card.fingerprint,
         "edits": [applied.plan.describe() for applied in model.edits],
     }
-    with atomic_directory(target) as out:
+    with atomic_directory(target, overwrite=overwrite) as out:
         fresh.save_pretrained(out)
         model.tokenizer.save_pretrained(out)
         (out / EDIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")

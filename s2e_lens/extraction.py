@@ -48,6 +48,9 @@ def collect_statistics(
         "positive": encode_pairs(tok, data.positive, side="positive", system=system),
         "negative": encode_pairs(tok, data.negative, side="negative", system=system),
     }
+    for side, samples in encoded.items():
+        for i, sample in enumerate(samples):
+            model.check_context(sample.end, f"{side} pair {i}")
     plans = {
         side: make_batches(_order(samples, sort_by_length), batch_size, pad_id, padding_side=padding_side)
         for side, samples in encoded.items()
@@ -67,6 +70,7 @@ def collect_statistics(
                 n_tokens=sum(s.n_response for s in encoded[side]),
             )
     provenance = dict(data.provenance)
+    provenance["model_state"] = model.state()  # edits applied and steering active during the pass
     provenance.setdefault("n_positive", len(data.positive))
     provenance.setdefault("n_negative", len(data.negative))
     return ContrastiveStatistics(

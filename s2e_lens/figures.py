@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from s2e_lens.errors import InvalidInputError, S2EError
 from s2e_lens.metrics import Point, pareto_frontier
 from s2e_lens.plan import EditPlan
 
@@ -35,8 +36,8 @@ def plan_title(plan: EditPlan, what: str) -> str:
     else:
         settings = f"ρ_attn={s.rho_attn:g}, ρ_mlp={s.rho_mlp:g}, α={s.alpha:g}"
     n = plan.n_edited
-    return (f"{what}<br><sup>{model} · {behaviour} · {settings} · "
-            f"{n['heads']} heads, {n['neurons']} neurons edited</sup>")
+    return (f"{what}<br><sup>{model} · {behaviour} · {settings}</sup>"
+            f"<br><sup>{n['heads']} heads, {n['neurons']} neurons edited</sup>")
 
 
 def _symmetric(values: np.ndarray) -> float:
@@ -45,8 +46,9 @@ def _symmetric(values: np.ndarray) -> float:
 
 
 def _layout(fig: go.Figure, title: str, *, height: int | None = None, width: int | None = None) -> go.Figure:
+    top = 56 + 24 * title.count("<br>")  # room for every subtitle line
     fig.update_layout(title=dict(text=title, x=0.01, xanchor="left"), font=FONT, template="plotly_white",
-                      margin=dict(l=70, r=30, t=80, b=60), height=height, width=width)
+                      margin=dict(l=70, r=30, t=top, b=60), height=height, width=width)
     return fig
 
 
@@ -60,7 +62,7 @@ def lambda_heatmap(plan: EditPlan, *, sorted_view: bool = False, value: str = "l
     ``sorted_view`` sorts each layer's heads by lambda (the paper's view): the x axis is then a
     rank, and hover still names the head."""
     if value not in ("lambda", "g"):
-        raise ValueError(f"value must be 'lambda' or 'g', got {value!r}")
+        raise InvalidInputError(f"value must be 'lambda' or 'g', got {value!r}")
     lam = plan.head_lambda.numpy()
     g = plan.head_g.numpy()
     knorm = plan.head_k_norm.numpy()
@@ -95,7 +97,7 @@ def neuron_topk(plan: EditPlan, k: int = 64, *, value: str = "lambda") -> go.Fig
     """Layer x rank: each layer's ``k`` neurons with the largest |value| (lambda or g), sorted
     from the most reinforced to the most suppressed (the paper's view). Hover names the neuron."""
     if value not in ("lambda", "g"):
-        raise ValueError(f"value must be 'lambda' or 'g', got {value!r}")
+        raise InvalidInputError(f"value must be 'lambda' or 'g', got {value!r}")
     src = (plan.neuron_lambda_applied if value == "lambda" else plan.neuron_g).numpy()
     g = plan.neuron_g.numpy()
     lam = plan.neuron_lambda.numpy()
@@ -187,7 +189,7 @@ def frontier(
     Interventions flagged ``degenerate_flag`` (mostly degenerate generations) are drawn apart
     as grey crosses and left out of the curve and the frontier."""
     if attribute not in results or utility not in results:
-        raise ValueError(f"results need columns {attribute!r} and {utility!r}; have {list(results.columns)}")
+        raise InvalidInputError(f"results need columns {attribute!r} and {utility!r}; have {list(results.columns)}")
     fig = go.Figure()
     flagged = results[results["degenerate_flag"].astype(bool)] if "degenerate_flag" in results else results.iloc[:0]
     results = results.drop(flagged.index)
@@ -293,7 +295,7 @@ def overlap_matrix(plans: Mapping[str, EditPlan]) -> pd.DataFrame:
         for b in names:
             pa, pb = plans[a], plans[b]
             if pa.head_lambda.shape != pb.head_lambda.shape:
-                raise ValueError(f"plans {a!r} and {b!r} are for different model shapes; "
+                raise InvalidInputError(f"plans {a!r} and {b!r} are for different model shapes; "
                                  "compare behaviours within one model (use compare_models across models)")
             rows.append({"a": a, "b": b,
                          "heads_jaccard": _jaccard(pa.edited_heads, pb.edited_heads),
@@ -320,7 +322,7 @@ def compare_behaviours(plans: Mapping[str, EditPlan]) -> go.Figure:
     point a head) beside a matrix of edited-component overlap and lambda correlation."""
     names = list(plans)
     if len(names) < 2:
-        raise ValueError("compare_behaviours needs at least two plans")
+        raise InvalidInputError("compare_behaviours needs at least two plans")
     table = overlap_matrix(plans)
     a, b = names[0], names[1]
     pa, pb = plans[a], plans[b]
@@ -351,29 +353,29 @@ def compare_behaviours(plans: Mapping[str, EditPlan]) -> go.Figure:
 # ------------------------------------------------------------------------ files
 
 
-def save_figure(fig: go.Figure, path: str | Path, *, scale: float = 2.0) -> Path:
+def save_figure(fig: go.Figure, path: str | Path, *, scale: float = 2.0, overwrite: bool = False) -> Path:
     """Write ``fig`` by the file's suffix: ``.html`` (interactive, plotly.js inlined, works
     offline), ``.png`` or ``.svg`` (static, via kaleido, which needs a Chrome or Chromium
-    binary: ``apt install chromium`` or ``plotly_get_chrome``). Atomic."""
-    from s2e_lens.cache import atomic_file
+    binary: see :data:`BROWSER_HINT`). Atomic; an existing file is replaced only with
+    ``overwrite``."""
+    from s2e_lens.files import check_output, write_bytes, write_text
 
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix not in (".html", ".png", ".svg"):
+        raise FigureFormatError(f"unknown figure format {suffix!r} in {path}: use .html, .png or .svg")
+    check_output(path, kind="file", overwrite=overwrite, what="figure")
     if suffix == ".html":
-        html = fig.to_html(include_plotlyjs=True, full_html=True)
-        with atomic_file(path, "w") as fh:
-            fh.write(html)  # type: ignore[attr-defined]
-        return path
-    if suffix not in (".png", ".svg"):
-        raise ValueError(f"unknown figure format {suffix!r}: use .html, .png or .svg")
-    data = static_image(fig, suffix[1:], scale=scale)
-    with atomic_file(path) as fh:
-        fh.write(data)  # type: ignore[attr-defined]
-    return path
+        return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True), overwrite=overwrite)
+    return write_bytes(path, static_image(fig, suffix[1:], scale=scale), overwrite=overwrite)
 
 
-class StaticExportError(RuntimeError):
-    pass
+class FigureFormatError(S2EError, ValueError):
+    """A figure file name whose suffix is not .html, .png or .svg."""
+
+
+class StaticExportError(S2EError, RuntimeError):
+    """Static (PNG/SVG) export failed: no browser for kaleido, or it failed."""
 
 
 BROWSER_HINT = (

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from s2e_lens.errors import InvalidInputError
 from s2e_lens.chat import encode_prompt
 from s2e_lens.loading import LoadedModel
 
@@ -31,15 +32,15 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+            raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.n < 1 or (self.temperature == 0 and self.n != 1):
-            raise ValueError(f"n must be 1 for greedy decoding and >= 1 when sampling, got {self.n}")
+            raise InvalidInputError(f"n must be 1 for greedy decoding and >= 1 when sampling, got {self.n}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise InvalidInputError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def generate(
     eos_ids = eos_token_ids(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
     encoded = [encode_prompt(tok, p, system=settings.system) for p in prompts]
+    for i, ids in enumerate(encoded):
+        model.check_context(len(ids) + settings.max_new_tokens, f"prompt {i} ({len(ids):,} tokens) plus "
+                            f"{settings.max_new_tokens} new tokens")
     jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(settings.n)]
     if settings.seed is not None and settings.temperature > 0:
         torch.manual_seed(settings.seed)  # transformers' sampler draws from the global RNG
@@ -119,5 +123,5 @@ def eos_token_ids(model: LoadedModel) -> list[int]:
             if v not in ids:
                 ids.append(int(v))
     if not ids:
-        raise ValueError("the model has no EOS token id; cannot tell where a generation ends")
+        raise InvalidInputError("the model has no EOS token id; cannot tell where a generation ends")
     return ids

@@ -323,8 +323,8 @@ def preflight(model: LoadedModel, *, known: bool = True) -> Preflight:
 def packaged_model_check(name: str) -> Check:
     """A packaged model's weight packages are installed at their pins, the GGUF's sha256
     matches the registry, and the float32 conversion is cached."""
-    from s2e_lens.cache import is_cached
-    from s2e_lens.loading import weight_files_digest
+    from s2e_lens.cache import checkpoint_dir, is_cached
+    from s2e_lens.loading import verify_cache_entry, weight_files_digest
     from s2e_lens.registry import packaged_model
 
     spec = packaged_model(name)
@@ -339,10 +339,14 @@ def packaged_model_check(name: str) -> Check:
         return Check(label, False, str(err), pull)
     if digest != spec.sha256:
         return Check(label, False, f"sha256 {digest[:16]}... differs from the registry's {spec.sha256[:16]}...",
-                     spec.pip_command().replace("--no-deps", "--no-deps --force-reinstall"))
+                     spec.pip_command(force=True))
     if not is_cached(spec):
         return Check(label, False, "sha256 matches, but the float32 conversion is not cached", pull)
-    return Check(label, True, f"sha256 {spec.sha256[:16]}... matches; conversion cached")
+    try:
+        verify_cache_entry(spec, checkpoint_dir(spec), full=True)
+    except S2EError as err:
+        return Check(label, False, str(err).split("; rebuild")[0], f"{pull} --rebuild")
+    return Check(label, True, f"sha256 {spec.sha256[:16]}... matches; converted cache matches its checksums")
 
 
 def environment() -> dict[str, str]:

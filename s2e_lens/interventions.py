@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from s2e_lens.activation_steering import Hook, shift_hook, steering_hooks
+from s2e_lens.activation_steering import Hook, check_gamma, hooked, shift_hook, steering_hooks
 from s2e_lens.edits import EditSettings
 from s2e_lens.loading import LoadedModel
 from s2e_lens.mapper import apply_plan, revert
@@ -33,20 +33,19 @@ class Intervention:
     params: dict[str, Any] = field(default_factory=dict)
     plan: EditPlan | None = None
     hooks: list[Hook] = field(default_factory=list)
+    force: bool = False  # apply the plan even if its updates dwarf the weights (mapper.check_plan_is_safe)
 
     @contextlib.contextmanager
     def active(self, model: LoadedModel) -> Iterator[LoadedModel]:
         if self.plan is not None:
-            applied = apply_plan(model, self.plan, on_conflict="ignore")
+            applied = apply_plan(model, self.plan, on_conflict="ignore", force=self.force)
             try:
                 yield model
             finally:
                 revert(model, applied)
-        elif self.hooks:
-            with model.bridge.hooks(fwd_hooks=self.hooks):
-                yield model
         else:
-            yield model
+            with hooked(model, self.hooks, self.label):
+                yield model
 
     def describe(self) -> dict[str, Any]:
         row: dict[str, Any] = {"kind": self.kind, "label": self.label, **self.params}
@@ -66,7 +65,7 @@ def unedited() -> Intervention:
 
 def steering(vectors: SteeringVectors, gammas: Sequence[float]) -> list[Intervention]:
     return [Intervention("steer", f"steer gamma={g:g}", {"gamma": float(g)}, hooks=steering_hooks(vectors, g))
-            for g in gammas if g != 0]
+            for g in map(check_gamma, gammas) if g != 0]
 
 
 def edits(
@@ -88,7 +87,8 @@ def edits(
             label += f" {s.direction}/{s.importance}/{s.selection}"
         out.append(Intervention("edit", label, {"rho_attn": s.rho_attn, "rho_mlp": s.rho_mlp, "alpha": s.alpha,
                                                 "direction": s.direction, "importance": s.importance,
-                                                "selection": s.selection}, plan=plan))
+                                                "selection": s.selection}, plan=plan,
+                                force=True))  # sweeps screen every candidate by its KL instead
     return out
 
 
@@ -105,7 +105,7 @@ def orthogonalisation(model: LoadedModel, vectors: SteeringVectors, layer: int |
     v = vectors.v_attn + vectors.v_mlp
     layer = int(v.norm(dim=-1).argmax()) if layer is None else layer
     plan = orthogonalisation_plan(model, sign * v[layer])
-    return Intervention("orthogonalise", f"orthogonalise layer {layer}", {"layer": layer}, plan=plan)
+    return Intervention("orthogonalise", f"orthogonalise layer {layer}", {"layer": layer}, plan=plan, force=True)
 
 
 def iti(model: LoadedModel, stats: ContrastiveStatistics, k: int, gamma: float) -> Intervention:

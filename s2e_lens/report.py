@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from s2e_lens import __version__, figures
-from s2e_lens.cache import atomic_file
+from s2e_lens.files import write_text
 from s2e_lens.errors import S2EError
 from s2e_lens.loading import LoadedModel
 from s2e_lens.plan import EditPlan
@@ -40,14 +40,19 @@ def load_run(out: str | Path) -> dict[str, Any]:
     if not (out / "summary.json").is_file() or not (out / "results.csv").is_file():
         raise RunDirectoryError(f"{out} is not a run directory (no summary.json / results.csv); "
                                 "make one with 's2e run' or 's2e sweep'")
-    summary = json.loads((out / "summary.json").read_text())
-    run: dict[str, Any] = {
-        "dir": out, "summary": summary, "results": pd.read_csv(out / "results.csv"),
-        "matched": pd.read_csv(out / "matched_utility.csv") if (out / "matched_utility.csv").is_file() else None,
-        "best_plan": EditPlan.load(out / "best_plan"),
-        "examples": json.loads((out / "examples.json").read_text()) if (out / "examples.json").is_file() else [],
-    }
-    return run
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        results = pd.read_csv(out / "results.csv")
+        matched = pd.read_csv(out / "matched_utility.csv") if (out / "matched_utility.csv").is_file() else None
+        examples = json.loads((out / "examples.json").read_text()) if (out / "examples.json").is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise RunDirectoryError(f"{out} holds a damaged run file ({type(err).__name__}: {err}); rerun it") from None
+    missing = [k for k in ("config", "model", "best_plan") if not isinstance(summary, dict) or k not in summary]
+    if missing or not {"label", "kind", "attribute", "utility"} <= set(results.columns):
+        raise RunDirectoryError(f"{out}: summary.json or results.csv lacks what a run writes ({missing or 'columns'}); "
+                                "rerun it with 's2e run' or 's2e sweep'")
+    return {"dir": out, "summary": summary, "results": results, "matched": matched,
+            "best_plan": EditPlan.load(out / "best_plan"), "examples": examples}
 
 
 def run_figures(run: dict[str, Any]) -> dict[str, go.Figure]:
@@ -155,7 +160,7 @@ def build(out: str | Path, *, model: LoadedModel | None = None, timings: dict[st
     pngs: dict[str, str] = {}
     if static:
         for stem, fig in figs.items():
-            figures.save_figure(fig, fig_dir / f"{stem}.png")
+            figures.save_figure(fig, fig_dir / f"{stem}.png", overwrite=True)  # the report's own files
             pngs[stem] = f"figures/{stem}.png"
     attention = None
     if model is not None:
@@ -164,7 +169,7 @@ def build(out: str | Path, *, model: LoadedModel | None = None, timings: dict[st
         prompt = attention_prompt or (run["examples"][0]["prompt"] if run["examples"] else "Hello!")
         if top_heads(run["best_plan"], 1):
             attention = attention_view(model, prompt, plan=run["best_plan"], n=6)
-            attention.save(fig_dir / "attention_top_heads.html")
+            attention.save(fig_dir / "attention_top_heads.html", overwrite=True)
     rows, lines = headline(run)
     paths = {
         "md": _markdown(out, run, summary, rows, lines, pngs, attention is not None),
@@ -211,10 +216,7 @@ def _markdown(out: Path, run: dict[str, Any], summary: dict[str, Any], headline:
     md += ["## Settings", "", pd.DataFrame(_settings_rows(summary), columns=["setting", "value"]).to_markdown(index=False, disable_numparse=True),
            "", f"Stage timings (s): {json.dumps(summary.get('timings_s', {}))}", "",
            "Reproduce: `s2e run " + f"{c['behaviour']} --model {c['model']}` (same settings: see summary.json).", ""]
-    path = out / "report.md"
-    with atomic_file(path, "w") as fh:
-        fh.write("\n".join(md))  # type: ignore[attr-defined]
-    return path
+    return write_text(out / "report.md", "\n".join(md))
 
 
 CSS = """body{font-family:Helvetica,Arial,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}
@@ -261,7 +263,4 @@ def _html(out: Path, run: dict[str, Any], summary: dict[str, Any], headline: pd.
     body.append(f"<p class='note'>Stage timings (s): {esc(json.dumps(summary.get('timings_s', {})))}</p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>s2e report: {esc(c['behaviour'])} on "
             f"{esc(summary['model']['name'])}</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
-    path = out / "report.html"
-    with atomic_file(path, "w") as fh:
-        fh.write(page)  # type: ignore[attr-defined]
-    return path
+    return write_text(out / "report.html", page)

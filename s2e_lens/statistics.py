@@ -53,8 +53,9 @@ class ContrastiveStatistics:
 
     # ----------------------------------------------------------------- files
 
-    def save(self, path: str | Path) -> Path:
-        """Safetensors + JSON (model identity, provenance, positions rule, set sizes)."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Safetensors + JSON (model identity, provenance, positions rule, set sizes); an
+        existing file is replaced only with ``overwrite``."""
         from s2e_lens import serialization
 
         tensors = {f"{side}.{name}": getattr(getattr(self, side), name)
@@ -62,13 +63,14 @@ class ContrastiveStatistics:
         meta = {"model": self.model, "provenance": self.provenance, "positions": self.positions,
                 "counts": {side: {"n_samples": getattr(self, side).n_samples, "n_tokens": getattr(self, side).n_tokens}
                            for side in ("positive", "negative")}}
-        return serialization.save(path, tensors, kind="contrastive_statistics", metadata=meta)
+        return serialization.save(path, tensors, kind="contrastive_statistics", metadata=meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> ContrastiveStatistics:
         from s2e_lens import serialization
 
         tensors, meta = serialization.load(path, kind="contrastive_statistics")
+        serialization.require(meta, ("model", "provenance", "positions", "counts"), serialization.paths(path)[0])
         sides = {}
         for side in ("positive", "negative"):
             missing = [n for n in _TENSORS if f"{side}.{n}" not in tensors]

@@ -73,18 +73,23 @@ class SteeringVectors:
         u = self.unit(kind)
         return u @ u.T
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Safetensors + JSON; an existing file is replaced only with ``overwrite``."""
         tensors = {"v_attn": self.v_attn, "v_mlp": self.v_mlp}
         if self.v_head is not None:
             tensors["v_head"] = self.v_head
         if self.v_neuron is not None:
             tensors["v_neuron"] = self.v_neuron
         meta = {"model": self.model, "provenance": self.provenance, "positions": self.positions}
-        return serialization.save(path, tensors, kind="steering_vectors", metadata=meta)
+        return serialization.save(path, tensors, kind="steering_vectors", metadata=meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVectors:
         tensors, meta = serialization.load(path, kind="steering_vectors")
+        serialization.require(meta, ("model", "provenance", "positions"), serialization.paths(path)[0])
+        missing = [n for n in ("v_attn", "v_mlp") if n not in tensors]
+        if missing:
+            raise serialization.FileFormatError(f"{path}: steering vectors lack tensors {missing}")
         return cls(
             v_attn=tensors["v_attn"], v_mlp=tensors["v_mlp"], model=meta["model"],
             provenance=meta["provenance"], positions=meta["positions"],

@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from s2e_lens import metrics
-from s2e_lens.cache import atomic_file
+from s2e_lens.files import write_all
 from s2e_lens.datasets import MultipleChoice, TruthfulQAItem
 from s2e_lens.evaluation import (
     KLReference,
@@ -244,12 +244,10 @@ def compare(frame: pd.DataFrame, utility: str = "utility") -> Comparison:
                       [str(x) for x in degenerate_rows(frame)["label"]])
 
 
-def save(frame: pd.DataFrame, path: str | Path) -> tuple[Path, Path]:
-    """Write a sweep as CSV and JSON (records), atomically."""
+def save(frame: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write a sweep as CSV and JSON (records), as one output."""
     path = Path(path)
     csv_path, json_path = path.with_suffix(".csv"), path.with_suffix(".json")
-    with atomic_file(csv_path, "w") as fh:
-        frame.to_csv(fh, index=False)
-    with atomic_file(json_path, "w") as fh:
-        fh.write(json.dumps(json.loads(frame.to_json(orient="records")), indent=1) + "\n")  # type: ignore[attr-defined]
+    records = json.dumps(json.loads(frame.to_json(orient="records")), indent=1) + "\n"
+    write_all({csv_path: frame.to_csv(index=False), json_path: records}, overwrite=overwrite)
     return csv_path, json_path

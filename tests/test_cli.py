@@ -31,7 +31,7 @@ def test_models_list_table() -> None:
     "args, message",
     [
         (["models", "pull", "nope"], "unknown packaged model 'nope'"),
-        (["models", "show", "/no/such/dir"], "unknown model '/no/such/dir'"),
+        (["models", "show", "/no/such/dir"], "no such directory: /no/such/dir"),
         (["chat", "hi", "--model", "nope"], "unknown model 'nope'"),
     ],
 )

@@ -62,7 +62,7 @@ def test_export_round_trip_on_the_default_model(default_model, default_stats, tm
 def test_export_refuses_a_non_empty_directory(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     model = load_model(str(tiny_dirs["llama"]), progress=False)
     (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(S2EError, match="not empty"):
+    with pytest.raises(S2EError, match="exists; pass --overwrite"):
         export_model(model, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 

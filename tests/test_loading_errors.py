@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from s2e_lens.cache import atomic_directory, cache_root, checkpoint_dir
+from s2e_lens.cache import cache_root, checkpoint_dir
 from s2e_lens.errors import (
     HubUnreachableError,
     UnknownModelError,
     WeightsCorruptError,
     WeightsNotInstalledError,
 )
+from s2e_lens.files import atomic_directory
 from s2e_lens.loading import ensure_converted, load_model
 from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, WeightPackage, packaged_model
 
@@ -95,10 +96,10 @@ def test_atomic_directory_leaves_nothing_behind_on_failure(tmp_path: Path) -> No
     target.mkdir()
     (target / "old").write_text("kept")
     with pytest.raises(RuntimeError):
-        with atomic_directory(target) as scratch:
+        with atomic_directory(target, overwrite=True) as scratch:
             (scratch / "half").write_text("x")
             raise RuntimeError("interrupted")
     assert _listing(tmp_path) == ["ckpt", "ckpt/old"]
-    with atomic_directory(target) as scratch:
+    with atomic_directory(target, overwrite=True) as scratch:
         (scratch / "new").write_text("y")
     assert _listing(tmp_path) == ["ckpt", "ckpt/new"]

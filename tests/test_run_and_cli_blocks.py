@@ -139,7 +139,7 @@ def test_edit_with_a_bad_export_target_writes_nothing(tiny_dirs: dict[str, Path]
     (busy / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["edit", str(tmp_path / "x" / "statistics.safetensors"), "--model", model_dir,
                                  "--rho-attn", "0.3", "--out", str(tmp_path / "plan"), "--export", str(busy)])
-    assert result.exit_code == 2 and "exists and is not empty" in result.output
+    assert result.exit_code == 2 and "exists; pass --overwrite" in result.output
     assert not (tmp_path / "plan.safetensors").exists() and not (tmp_path / "plan.json").exists()
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
 

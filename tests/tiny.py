@@ -21,7 +21,7 @@ CHAT_TEMPLATE = (
 
 
 def _configs() -> dict[str, T.PretrainedConfig]:
-    small = dict(vocab_size=VOCAB, max_position_embeddings=256)
+    small = dict(vocab_size=VOCAB, max_position_embeddings=1024)  # character-level: prompts are long
     return {
         "llama": T.LlamaConfig(
             hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -48,7 +48,7 @@ def _configs() -> dict[str, T.PretrainedConfig]:
             num_key_value_heads=1, head_dim=16, sliding_window=8,
             layer_types=["sliding_attention", "sliding_attention", "full_attention"], **small,
         ),
-        "gpt2": T.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256),
+        "gpt2": T.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=1024),
         "gpt_neox": T.GPTNeoXConfig(
             hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             rotary_pct=0.5, **small,
