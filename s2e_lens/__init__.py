@@ -8,72 +8,92 @@ Quick start::
     import s2e_lens as s2e
     model = s2e.load_model()            # smollm2-135m-instruct, offline
     print(model.card)
+
+The package reads as the method and its users' path (imports run one way, downward):
+``cli`` -> ``experiments`` -> ``reporting`` -> ``behaviours`` -> ``engine`` -> ``models`` ->
+``core`` -> ``io`` (with ``errors`` and ``version`` below everything).
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from s2e_lens.errors import S2EError
-from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS
-
-try:
-    __version__ = version("s2e-lens")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
+from s2e_lens.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
+from s2e_lens.version import __version__
 
 # Heavy names (torch, transformers, TransformerLens) are imported on first use, so that
 # `import s2e_lens` and light CLI commands stay fast.
 _LAZY = {
-    "ModelCard": "s2e_lens.card",
-    "Pair": "s2e_lens.contrastive",
-    "ContrastiveSet": "s2e_lens.contrastive",
-    "collect_statistics": "s2e_lens.extraction",
-    "ContrastiveStatistics": "s2e_lens.statistics",
-    "SteeringVectors": "s2e_lens.steering",
-    "EditSettings": "s2e_lens.edits",
-    "EditPlan": "s2e_lens.plan",
-    "compute_plan": "s2e_lens.plan",
-    "orthogonalisation_plan": "s2e_lens.plan",
-    "apply_plan": "s2e_lens.mapper",
-    "revert": "s2e_lens.mapper",
-    "revert_all": "s2e_lens.mapper",
-    "export_model": "s2e_lens.export",
-    "steered": "s2e_lens.activation_steering",
-    "Generation": "s2e_lens.generation",
-    "GenerationSettings": "s2e_lens.generation",
-    "generate": "s2e_lens.generation",
-    "LoadedModel": "s2e_lens.loading",
-    "load_model": "s2e_lens.loading",
+    "ModelCard": "s2e_lens.models.card",
+    "Pair": "s2e_lens.core.contrastive",
+    "ContrastiveSet": "s2e_lens.core.contrastive",
+    "collect_statistics": "s2e_lens.engine.extraction",
+    "ContrastiveStatistics": "s2e_lens.core.statistics",
+    "SteeringVectors": "s2e_lens.core.vectors",
+    "EditSettings": "s2e_lens.core.settings",
+    "EditPlan": "s2e_lens.core.plan",
+    "compute_plan": "s2e_lens.engine.planning",
+    "orthogonalisation_plan": "s2e_lens.engine.planning",
+    "apply_plan": "s2e_lens.engine.mapper",
+    "revert": "s2e_lens.engine.mapper",
+    "revert_all": "s2e_lens.engine.mapper",
+    "export_model": "s2e_lens.models.export",
+    "steered": "s2e_lens.engine.interventions",
+    "edited": "s2e_lens.engine.interventions",
+    "Generation": "s2e_lens.engine.generation",
+    "GenerationSettings": "s2e_lens.engine.generation",
+    "generate": "s2e_lens.engine.generation",
+    "LoadedModel": "s2e_lens.models.loaded",
+    "load_model": "s2e_lens.models.loading",
+    "Run": "s2e_lens.core.run",
 }
 
 if TYPE_CHECKING:
-    from s2e_lens.activation_steering import steered
-    from s2e_lens.card import ModelCard
-    from s2e_lens.contrastive import ContrastiveSet, Pair
-    from s2e_lens.edits import EditSettings
-    from s2e_lens.export import export_model
-    from s2e_lens.extraction import collect_statistics
-    from s2e_lens.mapper import apply_plan, revert, revert_all
-    from s2e_lens.plan import EditPlan, compute_plan, orthogonalisation_plan
-    from s2e_lens.statistics import ContrastiveStatistics
-    from s2e_lens.steering import SteeringVectors
-    from s2e_lens.generation import Generation, GenerationSettings, generate
-    from s2e_lens.loading import LoadedModel, load_model
+    from s2e_lens.core.contrastive import ContrastiveSet, Pair
+    from s2e_lens.core.plan import EditPlan
+    from s2e_lens.core.run import Run
+    from s2e_lens.core.settings import EditSettings
+    from s2e_lens.core.statistics import ContrastiveStatistics
+    from s2e_lens.core.vectors import SteeringVectors
+    from s2e_lens.engine.extraction import collect_statistics
+    from s2e_lens.engine.generation import Generation, GenerationSettings, generate
+    from s2e_lens.engine.interventions import edited, steered
+    from s2e_lens.engine.mapper import apply_plan, revert, revert_all
+    from s2e_lens.engine.planning import compute_plan, orthogonalisation_plan
+    from s2e_lens.models.card import ModelCard
+    from s2e_lens.models.export import export_model
+    from s2e_lens.models.loaded import LoadedModel
+    from s2e_lens.models.loading import load_model
 
 
 # submodules reachable as attributes (s2e.behaviours, s2e.figures, ...), imported on first use
-_SUBMODULES = {"behaviours", "datasets", "figures", "metrics", "evaluation", "interventions", "sweep",
-               "pipelines", "report", "attention_view", "edits", "plan", "mapper", "generation"}
+_SUBMODULES = {
+    "behaviours": "s2e_lens.behaviours",
+    "datasets": "s2e_lens.behaviours.datasets",
+    "figures": "s2e_lens.reporting.figures",
+    "report": "s2e_lens.reporting.report",
+    "attention_view": "s2e_lens.reporting.attention_view",
+    "metrics": "s2e_lens.core.metrics",
+    "comparison": "s2e_lens.core.comparison",
+    "edit_rule": "s2e_lens.core.edit_rule",
+    "plan": "s2e_lens.core.plan",
+    "scoring": "s2e_lens.engine.scoring",
+    "interventions": "s2e_lens.engine.interventions",
+    "mapper": "s2e_lens.engine.mapper",
+    "generation": "s2e_lens.engine.generation",
+    "sweep": "s2e_lens.experiments.sweep",
+    "pipelines": "s2e_lens.experiments.pipelines",
+    "health": "s2e_lens.experiments.health",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     if name in _SUBMODULES:
-        return import_module(f"s2e_lens.{name}")
+        return import_module(_SUBMODULES[name])
     raise AttributeError(f"module 's2e_lens' has no attribute {name!r}")
 
 
@@ -82,28 +102,30 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "DEFAULT_MODEL",
+    "PACKAGED_MODELS",
     "ContrastiveSet",
     "ContrastiveStatistics",
     "EditPlan",
     "EditSettings",
-    "Pair",
-    "SteeringVectors",
-    "apply_plan",
-    "collect_statistics",
-    "compute_plan",
-    "export_model",
-    "orthogonalisation_plan",
-    "revert",
-    "revert_all",
-    "steered",
-    "DEFAULT_MODEL",
-    "PACKAGED_MODELS",
     "Generation",
     "GenerationSettings",
     "LoadedModel",
     "ModelCard",
+    "Pair",
+    "Run",
     "S2EError",
+    "SteeringVectors",
     "__version__",
+    "apply_plan",
+    "collect_statistics",
+    "compute_plan",
+    "edited",
+    "export_model",
     "generate",
     "load_model",
+    "orthogonalisation_plan",
+    "revert",
+    "revert_all",
+    "steered",
 ]

@@ -36,3 +36,7 @@ class HubUnreachableError(S2EError):
 
 class InvalidInputError(S2EError, ValueError):
     """An argument out of range or of the wrong kind (a setting, a name, an empty list)."""
+
+
+class DataFormatError(S2EError, ValueError):
+    """A data file row with a missing or ill-typed field (the message names file and line)."""

@@ -53,10 +53,12 @@ COMPLIANCE = [
 
 
 def safety_set():
-    from s2e_lens.contrastive import ContrastiveSet
+    from s2e_lens.core.contrastive import ContrastiveSet
 
     return ContrastiveSet.from_pairs(
-        list(zip(HARMFUL, REFUSALS)), list(zip(HARMFUL, COMPLIANCE)), {"source": "tests/conftest.py"}
+        list(zip(HARMFUL, REFUSALS, strict=True)),
+        list(zip(HARMFUL, COMPLIANCE, strict=True)),
+        {"source": "tests/conftest.py"},
     )
 
 
@@ -64,7 +66,7 @@ def tiny_set(n: int = 5, seed: int = 0):
     """Random printable strings of varied lengths, two sets with different response alphabets."""
     import random
 
-    from s2e_lens.contrastive import ContrastiveSet
+    from s2e_lens.core.contrastive import ContrastiveSet
 
     rng = random.Random(seed)
     word = lambda chars, k: "".join(rng.choice(chars) for _ in range(k))  # noqa: E731
@@ -76,6 +78,6 @@ def tiny_set(n: int = 5, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def default_stats(default_model):
-    from s2e_lens.extraction import collect_statistics
+    from s2e_lens.engine.extraction import collect_statistics
 
     return collect_statistics(default_model, safety_set(), batch_size=4, progress=False)

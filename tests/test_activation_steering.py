@@ -5,18 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-
 import tiny
+import torch
 from conftest import tiny_set
-from s2e_lens.activation_steering import steered
-from s2e_lens.edits import EditSettings
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.identity import IdentityMismatchError
-from s2e_lens.loading import load_model
-from s2e_lens.mapper import apply_plan
-from s2e_lens.plan import EditPlan, compute_plan
-from s2e_lens.steering import SteeringVectors
+
+from s2e_lens.core.plan import EditPlan
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.vectors import SteeringVectors
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.interventions import steered
+from s2e_lens.engine.mapper import apply_plan
+from s2e_lens.engine.planning import compute_plan
+from s2e_lens.models.identity import IdentityMismatchError
+from s2e_lens.models.loading import load_model
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
@@ -41,8 +42,9 @@ def test_steering_adds_gamma_v_to_each_block_output(family: str, tiny_dirs: dict
 
 def test_saved_plan_for_another_model_is_refused(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     source = load_model(str(tiny_dirs["llama"]), progress=False)
-    path = compute_plan(source, collect_statistics(source, tiny_set(4), progress=False),
-                        EditSettings(rho_attn=0.2)).save(tmp_path / "plan")
+    path = compute_plan(
+        source, collect_statistics(source, tiny_set(4), progress=False), EditSettings(rho_attn=0.2)
+    ).save(tmp_path / "plan")
     target = load_model(str(tiny_dirs["mistral"]), progress=False)  # same shapes, other weights
     before = {k: v.clone() for k, v in target.hf_state_dict().items()}
     with pytest.raises(IdentityMismatchError, match="different weights"):

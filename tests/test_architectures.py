@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import transformers as T
 
-import tiny
-from s2e_lens.architectures import FAMILIES, family_for, supported_model_types
 from s2e_lens.errors import UnsupportedArchitectureError
-from s2e_lens.loading import load_model
+from s2e_lens.models.architectures import FAMILIES, family_for, supported_model_types
+from s2e_lens.models.loading import load_model
 
 
 def _expected_shapes(cfg: T.PretrainedConfig) -> dict[str, int]:
@@ -19,9 +19,7 @@ def _expected_shapes(cfg: T.PretrainedConfig) -> dict[str, int]:
     n_heads = cfg.num_attention_heads
     d_head = getattr(cfg, "head_dim", None) or d_model // n_heads
     d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d_model
-    return dict(
-        n_layers=cfg.num_hidden_layers, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, d_model=d_model
-    )
+    return dict(n_layers=cfg.num_hidden_layers, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, d_model=d_model)
 
 
 @pytest.mark.parametrize("family", tiny.FAMILIES)
@@ -32,7 +30,11 @@ def test_tiny_model_boots_with_hooks_shapes_and_logit_parity(family: str, tiny_d
     s = _expected_shapes(plain.config)
     card = loaded.card
     assert (card.n_layers, card.n_heads, card.d_head, card.d_mlp, card.d_model) == (
-        s["n_layers"], s["n_heads"], s["d_head"], s["d_mlp"], s["d_model"]
+        s["n_layers"],
+        s["n_heads"],
+        s["d_head"],
+        s["d_mlp"],
+        s["d_model"],
     )
     assert card.source_kind == "local"
     assert card.n_params == sum(p.numel() for p in {id(p): p for p in plain.parameters()}.values())
@@ -86,8 +88,14 @@ def test_every_family_is_covered_by_a_tiny_model() -> None:
 
 
 def test_unsupported_architecture_is_refused_before_loading_weights(tmp_path: Path) -> None:
-    cfg = T.OPTConfig(vocab_size=tiny.VOCAB, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
-                      num_attention_heads=2, word_embed_proj_dim=32)
+    cfg = T.OPTConfig(
+        vocab_size=tiny.VOCAB,
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        word_embed_proj_dim=32,
+    )
     path = tiny.build("opt", tmp_path / "opt", config=cfg)
     (path / "model.safetensors").write_bytes(b"not a checkpoint")  # would fail if it were read
     with pytest.raises(UnsupportedArchitectureError, match="model_type='opt'.*Supported: .*llama"):

@@ -18,20 +18,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_set
 from typer.testing import CliRunner
 
-from conftest import safety_set, tiny_set
-from s2e_lens import activation_steering, files, serialization
+from s2e_lens.behaviours.datasets import DataDirError, DataFormatError
 from s2e_lens.cli import app
-from s2e_lens.datasets import DataDirError, DataFormatError
-from s2e_lens.edits import EditSettings
+from s2e_lens.core.plan import EditPlan, PlanError
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.vectors import SteeringVectors
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.interventions import steered
+from s2e_lens.engine.mapper import EditConflictError, UnsafeEditError, apply_plan, revert
+from s2e_lens.engine.planning import compute_plan
 from s2e_lens.errors import InvalidInputError, S2EError
-from s2e_lens.export import export_model
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.loading import LoadedModel, load_model
-from s2e_lens.mapper import EditConflictError, UnsafeEditError, apply_plan, revert, revert_all
-from s2e_lens.plan import EditPlan, PlanError, compute_plan
-from s2e_lens.steering import SteeringVectors
+from s2e_lens.io import files, serialization
+from s2e_lens.models.export import export_model
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
 
 runner = CliRunner()
 SHARED = Path(os.environ.get("S2E_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -69,8 +72,13 @@ def tiny(tiny_dirs: dict[str, Path]) -> dict[str, object]:
     model = load_model(str(tiny_dirs["llama"]), progress=False)
     stats = collect_statistics(model, tiny_set(6), progress=False)
     plan = compute_plan(model, stats, EditSettings(rho_attn=0.2, rho_mlp=0.5, alpha=0.5))
-    return {"dir": str(tiny_dirs["llama"]), "model": model, "stats": stats, "plan": plan,
-            "vectors": SteeringVectors.from_statistics(stats)}
+    return {
+        "dir": str(tiny_dirs["llama"]),
+        "model": model,
+        "stats": stats,
+        "plan": plan,
+        "vectors": SteeringVectors.from_statistics(stats),
+    }
 
 
 @pytest.fixture
@@ -111,8 +119,9 @@ def test_1_export_into_the_current_directory_or_its_parent_loses_nothing(
 def test_2a_edit_refuses_to_write_its_plan_over_its_input(workdir: Path, tiny: dict[str, object]) -> None:
     before = tree_hash(workdir)
     for extra in ([], ["--overwrite"]):
-        result = invoke("edit", "statistics.safetensors", "--out", "statistics.safetensors",
-                        "--model", str(tiny["dir"]), *extra)
+        result = invoke(
+            "edit", "statistics.safetensors", "--out", "statistics.safetensors", "--model", str(tiny["dir"]), *extra
+        )
         assert_one_line_error(result, "would overwrite the input")
     assert tree_hash(workdir) == before
 
@@ -135,8 +144,9 @@ def test_2b_extract_refuses_to_replace_existing_statistics(tmp_path: Path, tiny_
 
 def test_3_edit_of_a_plan_refuses_options_it_would_ignore(workdir: Path, tiny: dict[str, object]) -> None:
     before = tree_hash(workdir)
-    result = invoke("edit", "plan.safetensors", "--rho-attn", "0.3", "--alpha", "0.9", "--out", "new",
-                    "--model", str(tiny["dir"]))
+    result = invoke(
+        "edit", "plan.safetensors", "--rho-attn", "0.3", "--alpha", "0.9", "--out", "new", "--model", str(tiny["dir"])
+    )
     assert_one_line_error(result, "already a plan", "--rho-attn", "--alpha", "--out")
     assert tree_hash(workdir) == before and not Path("new.safetensors").exists()
 
@@ -183,9 +193,9 @@ def test_4b_a_near_zero_budget_is_refused_unless_forced(workdir: Path, tiny: dic
 def test_4c_a_damaged_model_cache_is_refused_with_the_rebuild_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
-    from s2e_lens.cache import checkpoint_dir
     from s2e_lens.errors import WeightsCorruptError
-    from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS
+    from s2e_lens.models.cache import checkpoint_dir
+    from s2e_lens.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
 
     spec = PACKAGED_MODELS[DEFAULT_MODEL]
     original = checkpoint_dir(spec)
@@ -209,20 +219,28 @@ def test_4c_a_damaged_model_cache_is_refused_with_the_rebuild_command(
 
 
 def test_5a_a_missing_data_file(tiny: dict[str, object], tmp_path: Path) -> None:
-    result = invoke("extract", "custom", "--data", str(tmp_path / "rows.jsonl"), "--model", str(tiny["dir"]),
-                    "--out", str(tmp_path / "x"))
+    result = invoke(
+        "extract",
+        "custom",
+        "--data",
+        str(tmp_path / "rows.jsonl"),
+        "--model",
+        str(tiny["dir"]),
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert_one_line_error(result, "rows.jsonl", "no such file")
 
 
 def test_5b_out_at_a_file_or_an_unwritable_place_fails_before_any_work(
     tmp_path: Path, tiny: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import s2e_lens.loading
+    import s2e_lens.models.loading
 
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(s2e_lens.loading, "load_model", no_loading)
+    monkeypatch.setattr(s2e_lens.models.loading, "load_model", no_loading)
     a_file = tmp_path / "file.txt"
     a_file.write_text("mine")
     before = tree_hash(tmp_path)
@@ -264,7 +282,7 @@ def test_5f_an_input_longer_than_the_context(tiny: dict[str, object]) -> None:
     long = "a" * 1_000_000
     assert_one_line_error(invoke("chat", long, "--model", str(tiny["dir"])), "context of 1,024")
     model: LoadedModel = tiny["model"]  # type: ignore[assignment]
-    from s2e_lens.contrastive import ContrastiveSet
+    from s2e_lens.core.contrastive import ContrastiveSet
 
     with pytest.raises(S2EError, match="context"):
         collect_statistics(model, ContrastiveSet.from_pairs([("a" * 1100, "b")], [("c", "d")]), progress=False)
@@ -275,13 +293,21 @@ def test_5f_an_input_longer_than_the_context(tiny: dict[str, object]) -> None:
 
 @pytest.mark.slow
 def test_6a_sigterm_during_export_leaves_nothing_behind(tmp_path: Path, default_stats) -> None:
-    from s2e_lens.loading import load_model as load
+    from s2e_lens.models.loading import load_model as load
 
     plan = compute_plan(load(progress=False), default_stats, EditSettings(rho_attn=0.15, alpha=0.5))
     plan.save(tmp_path / "plan")
     before = sorted(p.name for p in tmp_path.iterdir())
-    cmd = [sys.executable, "-c", "from s2e_lens.cli import main; main()", "export", "plan.safetensors", "--out", "exp",
-           "--force"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from s2e_lens.cli import main; main()",
+        "export",
+        "plan.safetensors",
+        "--out",
+        "exp",
+        "--force",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".exp.") for p in tmp_path.iterdir()):
@@ -316,8 +342,10 @@ def test_7a_a_bad_row_is_reported_at_its_line_after_blank_lines(tmp_path: Path) 
     from s2e_lens.behaviours import custom_jsonl
 
     path = tmp_path / "rows.jsonl"
-    path.write_text('{"prompt": "a", "response": "b", "label": "positive"}\n\n\n'
-                    '{"prompt": "a", "response": "c", "label": "maybe"}\n')
+    path.write_text(
+        '{"prompt": "a", "response": "b", "label": "positive"}\n\n\n'
+        '{"prompt": "a", "response": "c", "label": "maybe"}\n'
+    )
     with pytest.raises(DataFormatError, match=r"rows.jsonl:4: label 'maybe'"):
         custom_jsonl(path)
 
@@ -349,12 +377,14 @@ def test_7e_a_bad_json_header_names_the_file(workdir: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, "broken.safetensors", metadata={"s2e": "{not json"})
-    with pytest.raises(serialization.FileFormatError, match=r"broken.safetensors: its s2e_lens header is not valid JSON"):
+    with pytest.raises(
+        serialization.FileFormatError, match=r"broken.safetensors: its s2e_lens header is not valid JSON"
+    ):
         EditPlan.load("broken")
 
 
 def test_7f_data_dir_errors_name_the_flag_they_came_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from s2e_lens.datasets import data_dir
+    from s2e_lens.behaviours.datasets import data_dir
 
     monkeypatch.setenv("S2E_DATA", str(SHARED))
     with pytest.raises(DataDirError, match=r"^--data-dir"):
@@ -371,19 +401,22 @@ def test_7g_a_mistyped_local_path_is_not_blamed_on_the_hub(tmp_path: Path) -> No
     assert_one_line_error(result, "no local directory models/my-mdoel")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--rho-attn", "nan"], "rho_attn must be a finite number"),
-    (["--alpha", "1.5"], "alpha must be in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--rho-attn", "nan"], "rho_attn must be a finite number"),
+        (["--alpha", "1.5"], "alpha must be in [0, 1)"),
+    ],
+)
 def test_7h_bad_settings_fail_before_the_model_loads(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], needle: str
 ) -> None:
-    import s2e_lens.loading
+    import s2e_lens.models.loading
 
     def no_loading(*a: object, **k: object) -> None:
         raise AssertionError("the model was loaded before the settings were checked")
 
-    monkeypatch.setattr(s2e_lens.loading, "load_model", no_loading)
+    monkeypatch.setattr(s2e_lens.models.loading, "load_model", no_loading)
     assert_one_line_error(invoke("edit", "statistics.safetensors", *args), needle)
     assert_one_line_error(invoke("sweep", "safety", "--rho-attn", "nan"), "rho_attn must be a finite number")
 
@@ -404,7 +437,7 @@ def test_8a_applying_the_same_plan_twice_is_refused(tiny: dict[str, object], tmp
         revert(model, second)
     finally:
         revert(model, first)
-    assert not model.edits
+    assert not model.applied_plans
 
 
 def test_8b_statistics_record_the_model_state_and_are_refused_in_another(tiny: dict[str, object]) -> None:
@@ -415,10 +448,10 @@ def test_8b_statistics_record_the_model_state_and_are_refused_in_another(tiny: d
         edited_stats = collect_statistics(model, tiny_set(3), progress=False)
     finally:
         revert(model, applied)
-    with activation_steering.steered(model, tiny["vectors"], 1.0):  # type: ignore[arg-type]
+    with steered(model, tiny["vectors"], 1.0):  # type: ignore[arg-type]
         steered_stats = collect_statistics(model, tiny_set(3), progress=False)
     assert edited_stats.provenance["model_state"]["edits"] == [plan.describe()]
-    assert steered_stats.provenance["model_state"]["steering"] == ["steering gamma=1"]
+    assert steered_stats.provenance["model_state"]["steering"] == ["steer gamma=1"]
     for stats in (edited_stats, steered_stats):
         with pytest.raises(PlanError, match="collected on a modified model"):
             compute_plan(model, stats)
@@ -429,7 +462,7 @@ def test_8b_statistics_record_the_model_state_and_are_refused_in_another(tiny: d
 @pytest.mark.parametrize("gamma", [math.nan, math.inf])
 def test_8c_non_finite_gamma_is_refused(tiny: dict[str, object], gamma: float) -> None:
     with pytest.raises(InvalidInputError, match="gamma must be a finite number"):
-        with activation_steering.steered(tiny["model"], tiny["vectors"], gamma):  # type: ignore[arg-type]
+        with steered(tiny["model"], tiny["vectors"], gamma):  # type: ignore[arg-type]
             pass
     assert tiny["model"].steering == []  # type: ignore[attr-defined]
 
@@ -541,8 +574,10 @@ OUTPUT_COMMANDS = {
 
 @pytest.mark.parametrize("command", list(OUTPUT_COMMANDS))
 def test_every_command_refuses_an_unwritable_output_in_one_line(workdir: Path, command: str) -> None:
-    args = [a.format(out=UNWRITABLE, stats="statistics.safetensors", plan="plan.safetensors")
-            for a in OUTPUT_COMMANDS[command]]
+    args = [
+        a.format(out=UNWRITABLE, stats="statistics.safetensors", plan="plan.safetensors")
+        for a in OUTPUT_COMMANDS[command]
+    ]
     before = tree_hash(workdir)
     assert_one_line_error(invoke(*args), "cannot")
     assert tree_hash(workdir) == before

@@ -14,19 +14,20 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from conftest import safety_set
 from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
-from conftest import safety_set
-from s2e_lens import health
-from s2e_lens.activation_steering import steered
-from s2e_lens.chat import encode_prompt
-from s2e_lens.edits import EditSettings
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.generation import GenerationSettings, eos_token_ids, generate
-from s2e_lens.loading import LoadedModel, load_model
-from s2e_lens.mapper import apply_plan, revert
-from s2e_lens.plan import compute_plan
-from s2e_lens.steering import SteeringVectors
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.vectors import SteeringVectors
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.generation import GenerationSettings, eos_token_ids, generate
+from s2e_lens.engine.interventions import steered
+from s2e_lens.engine.mapper import apply_plan, revert
+from s2e_lens.engine.planning import compute_plan
+from s2e_lens.experiments import health
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
+from s2e_lens.models.tokens import encode_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,7 @@ def recomputing_greedy(model: LoadedModel, prompts: list[str]) -> list[tuple[lis
                     out[i].append(token)
                     kept.append(i)
             live = kept
-    return list(zip(out, logits_per_step))
+    return list(zip(out, logits_per_step, strict=True))
 
 
 class Real:
@@ -109,17 +110,20 @@ def test_cached_generation_equals_the_recomputing_argmax_loop(real: Real, state:
     with real.state(state):
         cached = real.cached() if state != "unedited" else real.unedited
         reference = recomputing_greedy(real.model, PROMPTS)
-        for prompt, got, (want, logits) in zip(PROMPTS, cached, reference):
+        for prompt, got, (want, logits) in zip(PROMPTS, cached, reference, strict=True):
             if got == want:
                 continue
-            first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            first = next(
+                (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want))
+            )
             step = logits[first]
             taken = step[got[first]] if first < len(got) else step[eos_token_ids(real.model)].max()
             margin = float(step.max() - taken)
             tok = real.model.tokenizer
             assert margin <= TIE, (
                 f"{real.model.card.name} ({state}) {prompt!r}: cached {tok.decode(got)!r} != "
-                f"recomputed {tok.decode(want)!r} from token {first} (logit margin {margin:.3g})")
+                f"recomputed {tok.decode(want)!r} from token {first} (logit margin {margin:.3g})"
+            )
     if state != "unedited":  # the intervention acted on decoding, not only on the prompt
         assert cached != real.unedited
 
@@ -137,8 +141,11 @@ def cache_hidden_from_attention(model: LoadedModel) -> Iterator[None]:
     def drop(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return args, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "layer_past")}
 
-    handles = [m.register_forward_pre_hook(drop, with_kwargs=True, prepend=True)
-               for m in model.bridge.modules() if isinstance(m, AttentionBridge)]
+    handles = [
+        m.register_forward_pre_hook(drop, with_kwargs=True, prepend=True)
+        for m in model.bridge.modules()
+        if isinstance(m, AttentionBridge)
+    ]
     try:
         yield
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s2e_lens import datasets as D
+from s2e_lens.behaviours import datasets as D
 from s2e_lens.errors import S2EError
 
 SHARED = Path(os.environ.get("S2E_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -62,7 +62,10 @@ def test_missing_data_dir_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_truthfulqa_empty_answers_are_dropped(tmp_path: Path) -> None:
-    row = '{"question": "q", "best_answer": "a", "correct_answers": ["a", ""], "incorrect_answers": ["", "b"], "category": "c"}\n'
+    row = (
+        '{"question": "q", "best_answer": "a", "correct_answers": ["a", ""], '
+        '"incorrect_answers": ["", "b"], "category": "c"}\n'
+    )
     (tmp_path / "t.jsonl").write_text(row)
     [item] = D.load_truthfulqa(tmp_path, name="t.jsonl")
     assert item.correct_answers == ("a",) and item.incorrect_answers == ("b",)

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from s2e_lens import DEFAULT_MODEL, PACKAGED_MODELS, GenerationSettings, generate
-from s2e_lens.cache import SOURCE_FILE
-from s2e_lens.chat import encode_prompt
-from s2e_lens.loading import ensure_converted
+from s2e_lens.models.cache import SOURCE_FILE
+from s2e_lens.models.gguf import ensure_converted
+from s2e_lens.models.tokens import encode_prompt
 
 pytestmark = pytest.mark.slow
 SPEC = PACKAGED_MODELS[DEFAULT_MODEL]
@@ -76,8 +76,11 @@ def test_card_describes_the_model(default_model, reference) -> None:
     card = default_model.card
     assert card.name == DEFAULT_MODEL and card.source_kind == "packaged"
     assert (card.n_layers, card.n_heads, card.n_kv_heads, card.d_model, card.d_mlp) == (
-        config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
-        config.hidden_size, config.intermediate_size,
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.hidden_size,
+        config.intermediate_size,
     )
     assert card.d_head == config.hidden_size // config.num_attention_heads
     assert card.n_params == SPEC.n_params == reference[0].num_parameters()
@@ -111,4 +114,4 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.M
     ids = torch.tensor([model.tokenizer("The capital of France is")["input_ids"]])
     with torch.no_grad():
         assert torch.allclose(exported(input_ids=ids).logits, model.hf_model(input_ids=ids).logits, atol=1e-4)
-    assert len(model.edits) == 1  # the quickstart's own model carries the one applied plan
+    assert len(model.applied_plans) == 1  # the quickstart's own model carries the one applied plan

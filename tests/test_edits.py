@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_set
-from s2e_lens import edits
-from s2e_lens.edits import EditSettings, EditSettingsError
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.loading import load_model
-from s2e_lens.plan import EditPlan, PlanError, compute_plan, compute_plan_from_tensors, model_weights
+
+from s2e_lens.core import edit_rule as edits
+from s2e_lens.core.plan import EditPlan, PlanError, compute_plan_from_tensors
+from s2e_lens.core.settings import EditSettings, EditSettingsError
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.planning import compute_plan, model_weights
+from s2e_lens.models.loading import load_model
 
 
 def lam_ref(g: float, rho: float, alpha: float) -> float:
@@ -153,7 +154,7 @@ def test_bad_settings_are_refused(kwargs: dict, message: str) -> None:
 
 
 def test_zero_norm_steering_vector_is_refused(tiny_dirs: dict[str, Path]) -> None:
-    from s2e_lens.contrastive import ContrastiveSet
+    from s2e_lens.core.contrastive import ContrastiveSet
 
     model = load_model(str(tiny_dirs["llama"]), progress=False)
     same = [("abc", "xyz"), ("de", "pq")]

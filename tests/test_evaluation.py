@@ -7,16 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2e_lens.chat import encode_prompt, encode_response
-from s2e_lens.datasets import MultipleChoice, TruthfulQAItem
-from s2e_lens.evaluation import (
-    KLReference,
-    multiple_choice_accuracy,
-    response_cross_entropy,
-    score_continuations,
-    truthfulqa_eval,
-)
-from s2e_lens.loading import load_model
+from s2e_lens.behaviours.datasets import MultipleChoice, TruthfulQAItem
+from s2e_lens.behaviours.truthfulness import truthfulqa_eval
+from s2e_lens.engine.scoring import KLReference, multiple_choice_accuracy, response_cross_entropy, score_continuations
+from s2e_lens.models.loading import load_model
+from s2e_lens.models.tokens import encode_prompt, encode_response
 
 
 def manual_logprob(model, ctx: list[int], cont: list[int]) -> float:
@@ -32,10 +27,12 @@ def manual_logprob(model, ctx: list[int], cont: list[int]) -> float:
 def test_batched_scores_equal_token_by_token_log_probs(family: str, tiny_dirs: dict[str, Path]) -> None:
     model = load_model(str(tiny_dirs[family]), progress=False)
     tok = model.tokenizer
-    pairs = [(encode_prompt(tok, p), encode_response(tok, r))
-             for p, r in [("hi", "hello"), ("a longer prompt here", "ok"), ("x", "yes it is")]]
+    pairs = [
+        (encode_prompt(tok, p), encode_response(tok, r))
+        for p, r in [("hi", "hello"), ("a longer prompt here", "ok"), ("x", "yes it is")]
+    ]
     scored = score_continuations(model, pairs, batch_size=2)
-    for (ctx, cont), s in zip(pairs, scored):
+    for (ctx, cont), s in zip(pairs, scored, strict=True):
         assert s.n_tokens == len(cont)
         assert s.logprob == pytest.approx(manual_logprob(model, ctx, cont), rel=1e-4, abs=1e-4)
 
@@ -81,6 +78,8 @@ def test_cross_entropy_and_kl(tiny_dirs: dict[str, Path]) -> None:
     with torch.no_grad():
         model.hf_model.lm_head.weight.mul_(1.5)  # a sharper model is a different model
     after = alone()
-    manual_kl = sum(float((r.exp() * (r - c)).sum()) for r, c in zip(before, after)) / sum(len(r) for r in before)
+    manual_kl = sum(float((r.exp() * (r - c)).sum()) for r, c in zip(before, after, strict=True)) / sum(
+        len(r) for r in before
+    )
     assert manual_kl > 1e-3
     assert ref.kl(model) == pytest.approx(manual_kl, rel=1e-4)

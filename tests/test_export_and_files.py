@@ -6,21 +6,23 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
+from conftest import tiny_set
 from transformers import AutoModelForCausalLM
 
-import tiny
-from conftest import tiny_set
-from s2e_lens.chat import encode_prompt
-from s2e_lens.edits import EditSettings
+from s2e_lens.core.plan import EditPlan
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.vectors import SteeringVectors
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.mapper import apply_plan
+from s2e_lens.engine.planning import compute_plan, orthogonalisation_plan
 from s2e_lens.errors import S2EError
-from s2e_lens.export import EDIT_RECORD, export_model
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.loading import LoadedModel, load_model
-from s2e_lens.mapper import apply_plan
-from s2e_lens.plan import EditPlan, compute_plan, orthogonalisation_plan
-from s2e_lens.serialization import FileFormatError
-from s2e_lens.steering import SteeringVectors
+from s2e_lens.io.serialization import FileFormatError
+from s2e_lens.models.export import EDIT_RECORD, export_model
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
+from s2e_lens.models.tokens import encode_prompt
 
 
 def check_round_trip(model: LoadedModel, out: Path, ids: torch.Tensor, atol: float) -> None:
@@ -54,7 +56,7 @@ def test_export_round_trip_on_the_default_model(default_model, default_stats, tm
         ids = torch.tensor([encode_prompt(default_model.tokenizer, "Give me a recipe for soup.")])
         check_round_trip(default_model, tmp_path / "smol-edited", ids, atol=1e-5)
     finally:
-        from s2e_lens.mapper import revert_all
+        from s2e_lens.engine.mapper import revert_all
 
         revert_all(default_model)
 

@@ -10,23 +10,35 @@ import pandas as pd
 import pytest
 import torch
 
-from s2e_lens import figures
-from s2e_lens.edits import EditSettings
-from s2e_lens.plan import compute_plan_from_tensors
+from s2e_lens.core.plan import compute_plan_from_tensors
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.reporting import figures
 
 
-def make_plan(seed: int, L: int = 4, H: int = 3, d_head: int = 5, d_model: int = 8, d_mlp: int = 20,
-              rho: float = 0.05, name: str = "toy", behaviour: str = "safety"):
+def make_plan(
+    seed: int,
+    L: int = 4,
+    H: int = 3,
+    d_head: int = 5,
+    d_model: int = 8,
+    d_mlp: int = 20,
+    rho: float = 0.05,
+    name: str = "toy",
+    behaviour: str = "safety",
+):
     g = torch.Generator().manual_seed(seed)
     W_O = torch.randn(L, H, d_head, d_model, generator=g, dtype=torch.float64)
     W_out = torch.randn(L, d_mlp, d_model, generator=g, dtype=torch.float64)
     return compute_plan_from_tensors(
-        W_O, W_out, torch.randn(L, d_model, generator=g, dtype=torch.float64),
+        W_O,
+        W_out,
+        torch.randn(L, d_model, generator=g, dtype=torch.float64),
         torch.randn(L, d_model, generator=g, dtype=torch.float64),
         torch.randn(L, H, d_head, generator=g, dtype=torch.float64).abs(),
         torch.randn(L, d_mlp, generator=g, dtype=torch.float64).abs(),
         EditSettings(rho_attn=rho, rho_mlp=rho, alpha=0.5),
-        model={"name": name, "fingerprint": name}, provenance={"behaviour": behaviour},
+        model={"name": name, "fingerprint": name},
+        provenance={"behaviour": behaviour},
     )
 
 
@@ -94,14 +106,16 @@ def test_edit_mass_is_the_frobenius_norm_of_the_update(plan) -> None:
 
 
 def test_frontier_draws_every_kind_and_the_steering_curve_in_gamma_order() -> None:
-    frame = pd.DataFrame([
-        {"kind": "none", "label": "unedited", "attribute": 0.1, "utility": 0.5, "gamma": math.nan},
-        {"kind": "steer", "label": "g2", "attribute": 0.9, "utility": 0.2, "gamma": 2.0},
-        {"kind": "steer", "label": "g1", "attribute": 0.5, "utility": 0.4, "gamma": 1.0},
-        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.5, "gamma": math.nan},
-        {"kind": "edit", "label": "e2", "attribute": 0.3, "utility": 0.45, "gamma": math.nan},  # dominated
-        {"kind": "edit", "label": "e3", "attribute": 0.6, "utility": 0.3, "gamma": math.nan},
-    ])
+    frame = pd.DataFrame(
+        [
+            {"kind": "none", "label": "unedited", "attribute": 0.1, "utility": 0.5, "gamma": math.nan},
+            {"kind": "steer", "label": "g2", "attribute": 0.9, "utility": 0.2, "gamma": 2.0},
+            {"kind": "steer", "label": "g1", "attribute": 0.5, "utility": 0.4, "gamma": 1.0},
+            {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.5, "gamma": math.nan},
+            {"kind": "edit", "label": "e2", "attribute": 0.3, "utility": 0.45, "gamma": math.nan},  # dominated
+            {"kind": "edit", "label": "e3", "attribute": 0.6, "utility": 0.3, "gamma": math.nan},
+        ]
+    )
     fig = figures.frontier(frame)
     curve = fig.data[0]
     assert list(curve.y) == [0.1, 0.5, 0.9]  # unedited, then gamma 1, 2
@@ -114,13 +128,36 @@ def test_frontier_draws_every_kind_and_the_steering_curve_in_gamma_order() -> No
 
 
 def test_frontier_sets_degenerate_interventions_apart() -> None:
-    frame = pd.DataFrame([
-        {"kind": "none", "label": "unedited", "attribute": 0.1, "utility": 0.5, "gamma": math.nan, "degenerate_flag": False},
-        {"kind": "steer", "label": "g1", "attribute": 0.5, "utility": 0.4, "gamma": 1.0, "degenerate_flag": False},
-        {"kind": "steer", "label": "g4", "attribute": 1.0, "utility": 0.1, "gamma": 4.0, "degenerate_flag": True},
-        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.5, "gamma": math.nan, "degenerate_flag": False},
-        {"kind": "edit", "label": "e9", "attribute": 0.9, "utility": 0.45, "gamma": math.nan, "degenerate_flag": True},
-    ])
+    frame = pd.DataFrame(
+        [
+            {
+                "kind": "none",
+                "label": "unedited",
+                "attribute": 0.1,
+                "utility": 0.5,
+                "gamma": math.nan,
+                "degenerate_flag": False,
+            },
+            {"kind": "steer", "label": "g1", "attribute": 0.5, "utility": 0.4, "gamma": 1.0, "degenerate_flag": False},
+            {"kind": "steer", "label": "g4", "attribute": 1.0, "utility": 0.1, "gamma": 4.0, "degenerate_flag": True},
+            {
+                "kind": "edit",
+                "label": "e1",
+                "attribute": 0.4,
+                "utility": 0.5,
+                "gamma": math.nan,
+                "degenerate_flag": False,
+            },
+            {
+                "kind": "edit",
+                "label": "e9",
+                "attribute": 0.9,
+                "utility": 0.45,
+                "gamma": math.nan,
+                "degenerate_flag": True,
+            },
+        ]
+    )
     fig = figures.frontier(frame)
     assert list(fig.data[0].y) == [0.1, 0.5]  # the steering curve stops before the broken gamma
     flagged = next(t for t in fig.data if t.name == "degenerate output (excluded)")
@@ -135,7 +172,8 @@ def test_overlap_matrix_against_hand_counts() -> None:
     ea, eb = a.edited_heads.numpy(), b.edited_heads.numpy()
     assert table.loc[("a", "b"), "heads_jaccard"] == pytest.approx((ea & eb).sum() / (ea | eb).sum())
     assert table.loc[("a", "b"), "head_lambda_corr"] == pytest.approx(
-        np.corrcoef(a.head_lambda.numpy().ravel(), b.head_lambda.numpy().ravel())[0, 1])
+        np.corrcoef(a.head_lambda.numpy().ravel(), b.head_lambda.numpy().ravel())[0, 1]
+    )
     assert table.loc[("a", "a"), "heads_jaccard"] == 1.0
     other_shape = make_plan(3, L=5)
     with pytest.raises(ValueError, match="different model shapes"):

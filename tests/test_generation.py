@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2e_lens.chat import encode_prompt, render_prompt
-from s2e_lens.generation import GenerationSettings, eos_token_ids, generate
-from s2e_lens.loading import LoadedModel, load_model
+from s2e_lens.engine.generation import GenerationSettings, eos_token_ids, generate
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
+from s2e_lens.models.tokens import encode_prompt, render_prompt
 
 PROMPTS = ["hi", "What is two plus two?", "Tell me a story about a cat and a dog.", "ok"]
 
@@ -56,7 +57,9 @@ def test_prompt_rendering_with_and_without_chat_template(tiny_dirs: dict[str, Pa
     plain = load_model(str(tiny_dirs["gpt2"]), progress=False).tokenizer
     assert render_prompt(chat, "hey") == "<|user|>hey<|end|><|assistant|>"
     assert render_prompt(plain, "hey") == "hey"
-    assert encode_prompt(chat, "hey") == chat.convert_tokens_to_ids(["<|user|>", "h", "e", "y", "<|end|>", "<|assistant|>"])
+    assert encode_prompt(chat, "hey") == chat.convert_tokens_to_ids(
+        ["<|user|>", "h", "e", "y", "<|end|>", "<|assistant|>"]
+    )
 
 
 @pytest.mark.parametrize(

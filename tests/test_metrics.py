@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from s2e_lens import metrics as M
-from s2e_lens.metrics import Point
+from s2e_lens.core import metrics as M
+from s2e_lens.core import comparison as C
+from s2e_lens.core.comparison import Point
 
 
 def test_refusal_markers_and_rate() -> None:
@@ -71,27 +72,33 @@ def test_loop_coverage_by_hand() -> None:
     assert M.loop_coverage(list("abc") * 3, max_period=3) == 1.0
 
 
-@pytest.mark.parametrize("text", [
-    "The------------------------------------------------------------",  # what transformers 5.24 produced
-    "To-----------...",
-    "Paris Paris Paris Paris Paris Paris",
-    "I'm sorry. I'm sorry. I'm sorry. I'm sorry.",
-    "!!!!!!!!!!!!!!!!",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The------------------------------------------------------------",  # what transformers 5.24 produced
+        "To-----------...",
+        "Paris Paris Paris Paris Paris Paris",
+        "I'm sorry. I'm sorry. I'm sorry. I'm sorry.",
+        "!!!!!!!!!!!!!!!!",
+        "",
+    ],
+)
 def test_token_level_degeneracy_is_caught(text: str) -> None:
     # word 4-grams alone miss every one of these but the last two loops
     assert M.is_degenerate(text)
     assert M.degenerate_fraction([text, "The capital of France is Paris."]) == 0.5
 
 
-@pytest.mark.parametrize("text", [
-    "The capital of France is Paris.",
-    "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
-    'print("hello, world!")  # prints a greeting',
-    "I can't help with that. Picking a lock to enter someone's home is illegal.",
-    "Sure! Here are the steps: first, preheat the oven. Then mix the flour and the eggs.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The capital of France is Paris.",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 10",
+        'print("hello, world!")  # prints a greeting',
+        "I can't help with that. Picking a lock to enter someone's home is illegal.",
+        "Sure! Here are the steps: first, preheat the oven. Then mix the flour and the eggs.",
+    ],
+)
 def test_sane_text_is_not_degenerate(text: str) -> None:
     assert not M.is_degenerate(text), M.degeneracy(text)
 
@@ -106,18 +113,26 @@ def test_kl_divergence_by_hand() -> None:
 
 
 def test_pareto_frontier() -> None:
-    pts = [Point(0.1, 0.9, "a"), Point(0.5, 0.5, "b"), Point(0.4, 0.4, "c"), Point(0.9, 0.1, "d"),
-           Point(0.5, 0.5, "b2")]
-    assert [p.label for p in M.pareto_frontier(pts)] == ["d", "b", "b2", "a"]
+    pts = [
+        Point(0.1, 0.9, "a"),
+        Point(0.5, 0.5, "b"),
+        Point(0.4, 0.4, "c"),
+        Point(0.9, 0.1, "d"),
+        Point(0.5, 0.5, "b2"),
+    ]
+    assert [p.label for p in C.pareto_frontier(pts)] == ["d", "b", "b2", "a"]
 
 
 def test_gain_at_matched_utility() -> None:
     steering = [Point(0.2, 0.9, "g1"), Point(0.5, 0.6, "g2"), Point(0.7, 0.3, "g3")]
     edits = [Point(0.4, 0.95, "e1"), Point(0.8, 0.65, "e2"), Point(0.9, 0.2, "e3")]
-    matches = M.gains_at_matched_utility(steering, edits)
+    matches = C.gains_at_matched_utility(steering, edits)
     assert [(m.steering.label, m.edit.label if m.edit else None) for m in matches] == [
-        ("g3", "e2"), ("g2", "e2"), ("g1", "e1")]
+        ("g3", "e2"),
+        ("g2", "e2"),
+        ("g1", "e1"),
+    ]
     assert [round(m.gain, 6) for m in matches] == [0.1, 0.3, 0.2]
-    assert M.mean_gain(matches) == pytest.approx(0.2)
-    none = M.gains_at_matched_utility([Point(0.5, 0.99)], edits)
-    assert none[0].edit is None and math.isnan(none[0].gain) and math.isnan(M.mean_gain(none))
+    assert C.mean_gain(matches) == pytest.approx(0.2)
+    none = C.gains_at_matched_utility([Point(0.5, 0.99)], edits)
+    assert none[0].edit is None and math.isnan(none[0].gain) and math.isnan(C.mean_gain(none))

@@ -15,8 +15,12 @@ SHARED = Path(os.environ.get("S2E_DATA", Path(__file__).resolve().parents[2] / "
 
 
 def test_the_four_notebooks_exist_and_are_committed_without_outputs() -> None:
-    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_truthfulness", "03_concise_reasoning",
-                                           "04_compare_models_and_behaviours"]
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_quickstart",
+        "02_truthfulness",
+        "03_concise_reasoning",
+        "04_compare_models_and_behaviours",
+    ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), path.name

@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from s2e_lens.cli import app
-from s2e_lens.loading import load_model
-from s2e_lens.plan import EditPlan
-from s2e_lens.statistics import ContrastiveStatistics
+from s2e_lens.core.plan import EditPlan
+from s2e_lens.core.statistics import ContrastiveStatistics
+from s2e_lens.models.loading import load_model
 
 SHARED = Path(os.environ.get("S2E_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
@@ -29,8 +29,24 @@ def invoke(*args: str) -> dict:
 @pytest.fixture(scope="module")
 def run_dir(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "r"
-    doc = invoke("run", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--n-eval", "3",
-                 "--n-mc", "2", "--data-dir", str(SHARED), "--skip-answer-check", "--max-degenerate", "1", "--json")
+    doc = invoke(
+        "run",
+        "safety",
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--out",
+        str(out),
+        "--n-eval",
+        "3",
+        "--n-mc",
+        "2",
+        "--data-dir",
+        str(SHARED),
+        "--skip-answer-check",
+        "--max-degenerate",
+        "1",
+        "--json",
+    )
     assert Path(doc["report"]) == out / "report.html"
     return out
 
@@ -74,9 +90,23 @@ def test_extract_edit_export_eval_blocks(tiny_dirs: dict[str, Path], tmp_path: P
     invoke("extract", "safety", "--model", model_dir, "--out", str(tmp_path / "x"), "--json")
     stats = ContrastiveStatistics.load(tmp_path / "x" / "statistics")
     assert stats.positive.n_samples == stats.negative.n_samples > 50
-    doc = invoke("edit", str(tmp_path / "x" / "statistics.safetensors"), "--model", model_dir, "--rho-attn", "0.3",
-                 "--out", str(tmp_path / "plan"), "--prompt", "Hi", "--max-new-tokens", "3",
-                 "--export", str(tmp_path / "exp"), "--json")
+    doc = invoke(
+        "edit",
+        str(tmp_path / "x" / "statistics.safetensors"),
+        "--model",
+        model_dir,
+        "--rho-attn",
+        "0.3",
+        "--out",
+        str(tmp_path / "plan"),
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        "3",
+        "--export",
+        str(tmp_path / "exp"),
+        "--json",
+    )
     plan = EditPlan.load(tmp_path / "plan")
     assert doc["n_edited"] == plan.n_edited and plan.n_edited["heads"] > 0
     # the exported checkpoint carries exactly the plan's W_O change
@@ -84,15 +114,43 @@ def test_extract_edit_export_eval_blocks(tiny_dirs: dict[str, Path], tmp_path: P
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exp")
     base = load_model(model_dir, progress=False)
-    delta = (exported.model.layers[0].self_attn.o_proj.weight
-             - base.hf_model.model.layers[0].self_attn.o_proj.weight.detach()).T  # [H*d_head, d_model]
+    delta = (
+        exported.model.layers[0].self_attn.o_proj.weight
+        - base.hf_model.model.layers[0].self_attn.o_proj.weight.detach()
+    ).T  # [H*d_head, d_model]
     expected = plan.delta_W_O()[0].reshape(delta.shape)
     assert torch.allclose(delta, expected, atol=1e-5)
-    row = invoke("eval", "safety", "--model", model_dir, "--plan", str(tmp_path / "plan.safetensors"),
-                 "--n-eval", "2", "--n-mc", "1", "--data-dir", str(SHARED), "--skip-answer-check", "--json")
+    row = invoke(
+        "eval",
+        "safety",
+        "--model",
+        model_dir,
+        "--plan",
+        str(tmp_path / "plan.safetensors"),
+        "--n-eval",
+        "2",
+        "--n-mc",
+        "1",
+        "--data-dir",
+        str(SHARED),
+        "--skip-answer-check",
+        "--json",
+    )
     assert 0 <= row["attribute"] <= 1 and row["kl"] > 0  # the edit moves the model
-    base_row = invoke("eval", "safety", "--model", model_dir, "--n-eval", "2", "--n-mc", "1",
-                      "--data-dir", str(SHARED), "--skip-answer-check", "--json")
+    base_row = invoke(
+        "eval",
+        "safety",
+        "--model",
+        model_dir,
+        "--n-eval",
+        "2",
+        "--n-mc",
+        "1",
+        "--data-dir",
+        str(SHARED),
+        "--skip-answer-check",
+        "--json",
+    )
     assert base_row["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -101,30 +159,50 @@ def test_plot_and_compare(run_dir: Path, tmp_path: Path) -> None:
     stems = {Path(p).stem for p in written}
     assert {"frontier", "lambda_heads", "lambda_heads_sorted", "importance_heads", "edit_mass"} <= stems
     plan_file = run_dir / "best_plan.safetensors"
-    doc = invoke("compare", f"a={plan_file}", f"b={run_dir}", "--out", str(tmp_path / "c"), "--format", "html",
-                 "--json")
+    doc = invoke(
+        "compare", f"a={plan_file}", f"b={run_dir}", "--out", str(tmp_path / "c"), "--format", "html", "--json"
+    )
     assert doc["same_model"]
     ab = [r for r in doc["overlap"] if r["a"] == "a" and r["b"] == "b"][0]
     assert ab["heads_jaccard"] == pytest.approx(1.0) and ab["head_lambda_corr"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "nonsense"], "behaviour must be one of safety, truthfulness"),
-    (["run", "safety", "--preset", "huge"], "size must be quick or full"),
-    (["edit", "/no/such.safetensors"], "no such file"),
-    (["plot", "/tmp"], "not a run directory"),
-    (["compare", "/tmp"], "at least two"),
-    (["extract", "custom"], "needs --data"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "nonsense"], "behaviour must be one of safety, truthfulness"),
+        (["run", "safety", "--preset", "huge"], "size must be quick or full"),
+        (["edit", "/no/such.safetensors"], "no such file"),
+        (["plot", "/tmp"], "not a run directory"),
+        (["compare", "/tmp"], "at least two"),
+        (["extract", "custom"], "needs --data"),
+    ],
+)
 def test_bad_input_exits_2(args: list[str], message: str) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_every_command_has_help_with_an_example() -> None:
-    commands = [["run"], ["extract"], ["edit"], ["eval"], ["sweep"], ["plot"], ["report"], ["export"], ["compare"],
-                ["doctor"], ["models", "list"], ["models", "pull"], ["models", "show"], ["chat"], ["bench", "load"],
-                ["bench", "engine"], ["bench", "generate"]]
+    commands = [
+        ["run"],
+        ["extract"],
+        ["edit"],
+        ["eval"],
+        ["sweep"],
+        ["plot"],
+        ["report"],
+        ["export"],
+        ["compare"],
+        ["doctor"],
+        ["models", "list"],
+        ["models", "pull"],
+        ["models", "show"],
+        ["chat"],
+        ["bench", "load"],
+        ["bench", "engine"],
+        ["bench", "generate"],
+    ]
     for args in commands:
         result = runner.invoke(app, [*args, "--help"])
         example = result.output.split("Example:")[-1]
@@ -137,8 +215,21 @@ def test_edit_with_a_bad_export_target_writes_nothing(tiny_dirs: dict[str, Path]
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    result = runner.invoke(app, ["edit", str(tmp_path / "x" / "statistics.safetensors"), "--model", model_dir,
-                                 "--rho-attn", "0.3", "--out", str(tmp_path / "plan"), "--export", str(busy)])
+    result = runner.invoke(
+        app,
+        [
+            "edit",
+            str(tmp_path / "x" / "statistics.safetensors"),
+            "--model",
+            model_dir,
+            "--rho-attn",
+            "0.3",
+            "--out",
+            str(tmp_path / "plan"),
+            "--export",
+            str(busy),
+        ],
+    )
     assert result.exit_code == 2 and "exists; pass --overwrite" in result.output
     assert not (tmp_path / "plan.safetensors").exists() and not (tmp_path / "plan.json").exists()
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
@@ -166,7 +257,9 @@ def test_doctor_names_each_failure_and_its_fix(tiny_dirs: dict[str, Path]) -> No
     result = runner.invoke(app, ["doctor", "--model", str(tiny_dirs["llama"]), "--no-figures", "--json"])
     assert result.exit_code == 1, result.output
     doc = json.loads(result.stdout)
-    assert {"python", "torch", "transformers", "transformer-lens", "s2e-lens", "torch threads", "device"} <= set(doc["environment"])
+    assert {"python", "torch", "transformers", "transformer-lens", "s2e-lens", "torch threads", "device"} <= set(
+        doc["environment"]
+    )
     checks = {c["name"]: c for c in doc["checks"]}
     assert checks["cached generation == uncached argmax loop"]["ok"]  # the stack is fine...
     assert not checks["known answers"]["ok"] and checks["known answers"]["fix"]  # ...the model is not

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import safety_set, tiny_set
-from s2e_lens.contrastive import ContrastiveSet, ContrastiveSetError, encode_pairs, make_batches
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.loading import LoadedModel, load_model
-from s2e_lens.statistics import ContrastiveStatistics
+
+from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
+from s2e_lens.core.statistics import ContrastiveStatistics
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
+from s2e_lens.models.tokens import encode_pairs, make_batches
 
 HOOKS = {"attn_out": "attn.hook_out", "mlp_out": "mlp.hook_out", "z": "attn.hook_z", "post": "mlp.hook_post"}
 

@@ -6,16 +6,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-
 import tiny
+import torch
 from conftest import tiny_set
-from s2e_lens import behaviours, interventions, sweep
-from s2e_lens.datasets import DataFormatError
-from s2e_lens.evaluation import KLReference
-from s2e_lens.extraction import collect_statistics
-from s2e_lens.loading import load_model
-from s2e_lens.steering import SteeringVectors
+
+from s2e_lens import behaviours
+from s2e_lens.behaviours.datasets import DataFormatError
+from s2e_lens.core import comparison
+from s2e_lens.core.vectors import SteeringVectors
+from s2e_lens.engine import interventions
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.scoring import KLReference
+from s2e_lens.experiments import sweep
+from s2e_lens.models.loading import load_model
 
 
 def test_splits_are_deterministic_and_disjoint() -> None:
@@ -34,21 +37,24 @@ def test_custom_jsonl_round_trip_and_bad_label(tmp_path: Path) -> None:
     behaviours.save_jsonl(data, tmp_path / "b.jsonl")
     again = behaviours.custom_jsonl(tmp_path / "b.jsonl")
     assert again.positive == data.positive and again.negative == data.negative
-    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b", "label": "positive"}\n'
-                                        '{"prompt": "a", "response": "c", "label": "maybe"}\n')
+    (tmp_path / "bad.jsonl").write_text(
+        '{"prompt": "a", "response": "b", "label": "positive"}\n{"prompt": "a", "response": "c", "label": "maybe"}\n'
+    )
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: label 'maybe'"):
         behaviours.custom_jsonl(tmp_path / "bad.jsonl")
 
 
 def test_compare_matches_steering_levels_with_edits() -> None:
-    frame = pd.DataFrame([
-        {"kind": "none", "label": "unedited", "attribute": 0.0, "utility": 0.50},
-        {"kind": "steer", "label": "g1", "attribute": 0.2, "utility": 0.45},
-        {"kind": "steer", "label": "g2", "attribute": 0.6, "utility": 0.30},
-        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.47},
-        {"kind": "edit", "label": "e2", "attribute": 0.5, "utility": 0.40},
-    ])
-    result = sweep.compare(frame)
+    frame = pd.DataFrame(
+        [
+            {"kind": "none", "label": "unedited", "attribute": 0.0, "utility": 0.50},
+            {"kind": "steer", "label": "g1", "attribute": 0.2, "utility": 0.45},
+            {"kind": "steer", "label": "g2", "attribute": 0.6, "utility": 0.30},
+            {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.47},
+            {"kind": "edit", "label": "e2", "attribute": 0.5, "utility": 0.40},
+        ]
+    )
+    result = comparison.compare(frame)
     table = result.table()
     assert table["steering"].tolist() == ["g2", "g1", "unedited"]
     assert table["best_edit"].tolist()[:2] == ["e2", "e1"]  # at utility >= 0.30 both qualify
@@ -59,19 +65,21 @@ def test_compare_matches_steering_levels_with_edits() -> None:
 
 
 def test_compare_leaves_degenerate_interventions_out() -> None:
-    frame = pd.DataFrame([
-        {"kind": "none", "label": "unedited", "attribute": 0.0, "utility": 0.50, "degenerate_flag": False},
-        {"kind": "steer", "label": "g1", "attribute": 0.2, "utility": 0.45, "degenerate_flag": False},
-        {"kind": "steer", "label": "g9", "attribute": 1.0, "utility": 0.10, "degenerate_flag": True},
-        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.47, "degenerate_flag": False},
-        {"kind": "edit", "label": "e9", "attribute": 0.9, "utility": 0.49, "degenerate_flag": True},
-    ])
-    result = sweep.compare(frame)
+    frame = pd.DataFrame(
+        [
+            {"kind": "none", "label": "unedited", "attribute": 0.0, "utility": 0.50, "degenerate_flag": False},
+            {"kind": "steer", "label": "g1", "attribute": 0.2, "utility": 0.45, "degenerate_flag": False},
+            {"kind": "steer", "label": "g9", "attribute": 1.0, "utility": 0.10, "degenerate_flag": True},
+            {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.47, "degenerate_flag": False},
+            {"kind": "edit", "label": "e9", "attribute": 0.9, "utility": 0.49, "degenerate_flag": True},
+        ]
+    )
+    result = comparison.compare(frame)
     table = result.table()
     assert table["steering"].tolist() == ["g1", "unedited"]
     assert table["best_edit"].tolist()[0] == "e1" and table["gain"].tolist()[0] == pytest.approx(0.2)
     assert result.mean_gain == pytest.approx(0.2) and result.excluded == ["g9", "e9"]
-    assert sweep.sane(frame)["label"].tolist() == ["unedited", "g1", "e1"]
+    assert comparison.sane(frame)["label"].tolist() == ["unedited", "g1", "e1"]
 
 
 def test_sweep_runs_every_intervention_and_restores_the_model(tiny_dirs: dict[str, Path]) -> None:
@@ -85,20 +93,22 @@ def test_sweep_runs_every_intervention_and_restores_the_model(tiny_dirs: dict[st
         with torch.no_grad():
             return {"attribute": float(m.hf_model(probe).logits[0, -1, 10])}
 
-    suite = sweep.Suite("toy", attribute, lambda m: {"utility": 1.0},
-                        KLReference(model, [("hi", "there")]))
-    edits = interventions.edits(model, stats, interventions.grid([0.1, 0.3], [0.0, 0.3], [0.5]))
+    suite = behaviours.Suite("toy", attribute, lambda m: {"utility": 1.0}, KLReference(model, [("hi", "there")]))
+    edits = interventions.edit_candidates(model, stats, interventions.grid([0.1, 0.3], [0.0, 0.3], [0.5]))
     assert len(edits) == 4
     kept, screening = sweep.prune(model, edits, suite.kl_reference, max_kl=1e9, keep=2)
     assert len(kept) == 2 and screening["kept"].sum() == 2 and len(screening) == 4
-    candidates = interventions.steering(vectors, [0.5, 1.0]) + kept + [
-        interventions.iti(model, stats, k=2, gamma=1.0), interventions.orthogonalisation(model, vectors)]
+    candidates = (
+        interventions.steering_sweep(vectors, [0.5, 1.0])
+        + kept
+        + [interventions.iti(model, stats, k=2, gamma=1.0), interventions.orthogonalisation(model, vectors)]
+    )
     frame = sweep.run(model, suite, candidates, progress=False)
     assert frame["kind"].tolist() == ["none", "steer", "steer", "edit", "edit", "iti", "orthogonalise"]
     assert frame["attribute"].nunique() == 7  # every intervention changes the probe logit
     assert frame.loc[frame.kind == "none", "kl"].item() == pytest.approx(0.0, abs=1e-9)
     assert all(torch.equal(v, before[k]) for k, v in model.hf_state_dict().items())
-    assert model.edits == []
+    assert model.applied_plans == []
 
 
 def test_iti_shifts_only_the_chosen_heads_layers(tiny_dirs: dict[str, Path]) -> None:
@@ -113,13 +123,14 @@ def test_iti_shifts_only_the_chosen_heads_layers(tiny_dirs: dict[str, Path]) -> 
         _, plain = model.bridge.run_with_cache(ids, names_filter=[name])
         with item.active(model):
             _, shifted = model.bridge.run_with_cache(ids, names_filter=[name])
-    torch.testing.assert_close(shifted[name] - plain[name], (2.0 * vectors.v_head[layer, head]).expand_as(plain[name]),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        shifted[name] - plain[name], (2.0 * vectors.v_head[layer, head]).expand_as(plain[name]), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_generation_based_builders(tiny_dirs: dict[str, Path]) -> None:
-    from s2e_lens.contrastive import ContrastiveSetError
-    from s2e_lens.datasets import MathItem
+    from s2e_lens.behaviours.datasets import MathItem
+    from s2e_lens.core.contrastive import ContrastiveSetError
 
     model = load_model(str(tiny_dirs["llama"]), progress=False)
     # a random model never refuses: its own responses cannot form both sets
@@ -144,17 +155,48 @@ def test_generation_based_builders(tiny_dirs: dict[str, Path]) -> None:
 
 
 def test_report_headline_names_the_degenerate_interventions_it_leaves_out() -> None:
-    from s2e_lens.report import headline
+    from s2e_lens.core.run import Run
+    from s2e_lens.reporting.report import headline
 
-    frame = pd.DataFrame([
-        {"kind": "none", "label": "unedited", "attribute": 0.1, "utility": 0.5, "degenerate": 0.0, "degenerate_flag": False},
-        {"kind": "steer", "label": "steer gamma=1", "attribute": 0.3, "utility": 0.5, "degenerate": 0.1, "degenerate_flag": False},
-        {"kind": "steer", "label": "steer gamma=4", "attribute": 1.0, "utility": 0.5, "degenerate": 0.9, "degenerate_flag": True},
-        {"kind": "edit", "label": "e1", "attribute": 0.4, "utility": 0.5, "degenerate": 0.0, "degenerate_flag": False},
-    ])
-    summary = {"best_plan": "e1", "matched_steering": "steer gamma=1",
-               "mean_gain_at_matched_utility": sweep.compare(frame).mean_gain}
-    _, lines = headline({"summary": summary, "results": frame})
+    frame = pd.DataFrame(
+        [
+            {
+                "kind": "none",
+                "label": "unedited",
+                "attribute": 0.1,
+                "utility": 0.5,
+                "degenerate": 0.0,
+                "degenerate_flag": False,
+            },
+            {
+                "kind": "steer",
+                "label": "steer gamma=1",
+                "attribute": 0.3,
+                "utility": 0.5,
+                "degenerate": 0.1,
+                "degenerate_flag": False,
+            },
+            {
+                "kind": "steer",
+                "label": "steer gamma=4",
+                "attribute": 1.0,
+                "utility": 0.5,
+                "degenerate": 0.9,
+                "degenerate_flag": True,
+            },
+            {
+                "kind": "edit",
+                "label": "e1",
+                "attribute": 0.4,
+                "utility": 0.5,
+                "degenerate": 0.0,
+                "degenerate_flag": False,
+            },
+        ]
+    )
+    run = Run(config={"behaviour": "safety", "model": "m"}, results=frame, plans={"e1": object()})  # type: ignore[dict-item]
+    assert run.best_plan()[0] == "e1" and run.matched_steering("e1") == "steer gamma=1"
+    _, lines = headline(run)
     text = " ".join(lines)
     assert "**steer gamma=4 (90% degenerate)**" in text
     assert "+0.200" in text  # e1 against gamma=1 and the unedited model: (0.1 + 0.3) / 2; gamma=4 ignored

@@ -1,0 +1,128 @@
+"""What a behaviour is to the toolkit, and the registry the built-in ones (and yours) join.
+
+A :class:`Behaviour` bundles a contrastive-set builder (positive = the behaviour wanted), and
+optionally an evaluation suite (an attribute and a utility measure), the labels reports use,
+the prompts for example generations and the run presets that suit it. ``register`` adds one;
+``get`` looks one up by name, with an error that lists the known names.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s2e_lens.behaviours.datasets import (
+    MultipleChoice,
+    load_arc_easy,
+    load_harmless_prompts,
+    load_hellaswag,
+    load_piqa,
+)
+from s2e_lens.behaviours.splits import split
+from s2e_lens.core.contrastive import ContrastiveSet
+from s2e_lens.engine.scoring import KLReference
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.models.loaded import LoadedModel
+
+Measure = Callable[[LoadedModel], dict[str, Any]]
+
+
+@dataclass
+class Suite:
+    """What to measure: ``attribute`` (higher = more of the behaviour) and ``utility``
+    (higher = better), each a function of the model returning a dict of named figures that
+    contains the key ``"attribute"`` / ``"utility"``, plus KL to the unedited model."""
+
+    behaviour: str
+    attribute: Measure
+    utility: Measure
+    kl_reference: KLReference | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def measure(self, model: LoadedModel) -> dict[str, Any]:
+        row = {**self.attribute(model), **self.utility(model)}
+        if self.kl_reference is not None:
+            row["kl"] = self.kl_reference.kl(model)
+        return row
+
+
+@dataclass(frozen=True)
+class SuiteSize:
+    """How much a suite measures: held-out prompts (or questions), multiple-choice items per
+    utility set, new tokens per generation; where the public data lives; the seed of draws."""
+
+    n_eval: int = 40
+    n_mc: int = 20
+    max_new_tokens: int = 32
+    data_dir: str | Path | None = None
+    seed: int = 0
+
+
+Builder = Callable[..., ContrastiveSet]  # (model=, data=, data_dir=, part=) -> ContrastiveSet
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    name: str
+    summary: str
+    build: Builder
+    needs_model: bool = False  # the builder samples the model's own generations
+    needs_data_file: bool = False  # the builder reads the user's --data file
+    needs_data_dir: bool = False  # the builder reads public data from --data-dir / $S2E_DATA
+    suite: Callable[[LoadedModel, SuiteSize], Suite] | None = None  # None: no evaluation yet
+    labels: dict[str, str] = field(default_factory=dict)  # "attribute" / "utility" axis names
+    examples: Callable[[SuiteSize], list[tuple[str, str]]] | None = None  # (set, prompt) to show
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # RunConfig overrides: base, quick, full
+
+
+_REGISTRY: dict[str, Behaviour] = {}
+
+
+def register(behaviour: Behaviour) -> Behaviour:
+    """Add ``behaviour`` (its name must be new)."""
+    if behaviour.name in _REGISTRY:
+        raise InvalidInputError(f"a behaviour named {behaviour.name!r} is already registered")
+    _REGISTRY[behaviour.name] = behaviour
+    return behaviour
+
+
+def get(name: str) -> Behaviour:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown behaviour {name!r}: use one of {', '.join(_REGISTRY)}") from None
+
+
+def names(*, evaluated: bool = False) -> tuple[str, ...]:
+    """Registered behaviour names (``evaluated``: only those with an evaluation suite)."""
+    return tuple(n for n, b in _REGISTRY.items() if b.suite is not None or not evaluated)
+
+
+# ------------------------------------------------------------ shared utility measures
+
+
+def utility_items(size: SuiteSize) -> list[MultipleChoice]:
+    """A fixed, seeded draw of multiple-choice items (ARC-Easy, PIQA, HellaSwag), ``n_mc`` each."""
+    rng = random.Random(size.seed)
+    items: list[MultipleChoice] = []
+    for loader in (load_arc_easy, load_piqa, load_hellaswag):
+        pool = loader(size.data_dir)
+        items += rng.sample(pool, min(size.n_mc, len(pool)))
+    return items
+
+
+def benign_pairs(n: int = 24) -> list[tuple[str, str]]:
+    """Benign (prompt, reference response) pairs for cross-entropy and KL: the first ``n``
+    harmless rows of the project's prompt set in the tune split, the same for every behaviour
+    (the safety evaluation draws its harmless prompts from the test split)."""
+    rows = split(load_harmless_prompts(), lambda r: r["prompt"], "tune")
+    return [(r["prompt"], r["response"]) for r in rows[:n]]
+
+
+def held_out_harmless(n: int) -> list[str]:
+    """The first ``n`` harmless prompts of the test split (benign generations)."""
+    rows = split(load_harmless_prompts(), lambda r: r["prompt"], "test")
+    return [r["prompt"] for r in rows[:n]]

@@ -1,0 +1,205 @@
+"""Safety: refusing harmful requests.
+
+Contrastive data: the project's harmful prompts with refusing (positive) and compliant
+(negative) responses, teacher-forced, or the model's own sampled responses split by a judge.
+Evaluation: refusal rate on held-out harmful prompts (the attribute); multiple-choice accuracy
+(the utility), over-refusal on harmless and scary-but-safe prompts, benign cross-entropy, KL to
+the unedited model and the degeneracy of every generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from s2e_lens.behaviours.base import Behaviour, Suite, SuiteSize, benign_pairs, register, utility_items
+from s2e_lens.behaviours.datasets import MultipleChoice, load_harmful_prompts, load_safety_prompts
+from s2e_lens.behaviours.splits import split
+from s2e_lens.core import metrics
+from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
+from s2e_lens.engine.generation import GenerationSettings, generate
+from s2e_lens.engine.scoring import KLReference, multiple_choice_accuracy, response_cross_entropy
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.models.loaded import LoadedModel
+
+
+def safety_prompts(part: str = "test") -> dict[str, list[str]]:
+    """The project's harmful and harmless prompts of one split (for evaluation)."""
+    data = load_safety_prompts()
+    return {
+        "harmful": [r["prompt"] for r in split(data["harmful"], lambda r: r["prompt"], part)],
+        "harmless": [r["prompt"] for r in split(data["harmless"], lambda r: r["prompt"], part)],
+        "scary_but_safe": [
+            r["prompt"] for r in split(data["harmless"], lambda r: r["prompt"], part) if r["scary_but_safe"]
+        ],
+    }
+
+
+def safety(
+    model: LoadedModel | None = None,
+    *,
+    mode: str = "teacher_forced",
+    part: str = "tune",
+    limit: int | None = None,
+    samples: int = 4,
+    judge: metrics.Judge | None = None,
+    settings: GenerationSettings | None = None,
+) -> ContrastiveSet:
+    """Refusal. Positive: harmful prompts with refusing responses; negative: the same prompts
+    with compliant responses.
+
+    ``mode="teacher_forced"`` (default) uses the project's written refusal and compliance texts
+    (for models that never refuse on their own). ``mode="own"`` samples ``samples`` responses
+    per prompt from ``model`` and splits them with ``judge`` (substring refusal judge unless
+    given); it fails if the model never (or always) refuses.
+    """
+    rows = split(load_harmful_prompts(), lambda r: r["prompt"], part)[:limit]
+    provenance: dict[str, Any] = {
+        "behaviour": "safety",
+        "mode": mode,
+        "split": part,
+        "source": "s2e_lens/data/safety/harmful.jsonl",
+        "n_prompts": len(rows),
+    }
+    if mode == "teacher_forced":
+        return ContrastiveSet.from_pairs(
+            [(r["prompt"], r["refusal"]) for r in rows], [(r["prompt"], r["compliance"]) for r in rows], provenance
+        )
+    if mode != "own":
+        raise InvalidInputError(f"mode must be teacher_forced or own, got {mode!r}")
+    if model is None:
+        raise InvalidInputError("mode='own' needs the model whose responses to use")
+    settings = settings or GenerationSettings(max_new_tokens=48, temperature=0.8, top_p=0.95, n=samples, seed=0)
+    gens = generate(model, [r["prompt"] for r in rows], settings)
+    judge = judge or (lambda _p, r: metrics.is_refusal(r))
+    pos = [(g.prompt, g.text) for g in gens if g.text.strip() and judge(g.prompt, g.text)]
+    neg = [(g.prompt, g.text) for g in gens if g.text.strip() and not judge(g.prompt, g.text)]
+    if not pos or not neg:
+        rate = len(pos) / max(1, len(pos) + len(neg))
+        raise ContrastiveSetError(
+            f"the model refused {rate:.0%} of {len(gens)} sampled responses to harmful prompts, so "
+            "its own responses cannot form both sets; use mode='teacher_forced'"
+        )
+    provenance["refusal_rate_of_own_samples"] = len(pos) / (len(pos) + len(neg))
+    return ContrastiveSet.from_pairs(pos, neg, provenance)
+
+
+@dataclass(frozen=True)
+class RefusalResult:
+    rate: float
+    degenerate: float
+    responses: list[str]
+
+
+def refusal_eval(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    settings: GenerationSettings | None = None,
+    judge: metrics.Judge | None = None,
+    *,
+    progress: bool = False,
+) -> RefusalResult:
+    """Refusal rate of the model's generations (substring judge unless ``judge`` is given)."""
+    settings = settings or GenerationSettings(max_new_tokens=32)
+    gens = generate(model, prompts, settings, progress=progress)
+    texts = [g.text for g in gens]
+    gen_prompts = [g.prompt for g in gens]
+    return RefusalResult(
+        rate=metrics.refusal_rate(gen_prompts, texts, judge),
+        degenerate=sum(metrics.is_degenerate(t) for t in texts) / len(texts),
+        responses=texts,
+    )
+
+
+def safety_suite(
+    model: LoadedModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    *,
+    mc_items: Sequence[MultipleChoice] = (),
+    benign_pairs: Sequence[tuple[str, str]] = (),
+    scary_but_safe: Sequence[str] = (),
+    max_new_tokens: int = 32,
+    judge: metrics.Judge | None = None,
+) -> Suite:
+    """Attribute: refusal rate on ``harmful``. Utility: multiple-choice accuracy on
+    ``mc_items`` if given, else ``1 - over-refusal`` on ``harmless``. Also reported:
+    over-refusal (harmless, scary-but-safe), degeneracy, benign cross-entropy and KL."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=48)
+
+    def attribute(m: LoadedModel) -> dict[str, Any]:
+        r = refusal_eval(m, harmful, settings, judge)
+        b = refusal_eval(m, harmless, settings, judge)
+        row = {
+            "attribute": r.rate,
+            "refusal_harmful": r.rate,
+            "over_refusal_harmless": b.rate,
+            "harmless_answered": 1.0 - b.rate,
+            "degenerate_harmful": r.degenerate,
+            "degenerate_harmless": b.degenerate,
+            "example_harmful": r.responses[0],
+            "example_harmless": b.responses[0],
+        }
+        texts = r.responses + b.responses
+        if scary_but_safe:
+            s = refusal_eval(m, scary_but_safe, settings, judge)
+            row["over_refusal_scary"] = s.rate
+            texts += s.responses
+        row["degenerate"] = metrics.degenerate_fraction(texts)
+        if not mc_items:  # utility = share of harmless prompts answered
+            row["utility"] = row["harmless_answered"]
+        return row
+
+    def utility(m: LoadedModel) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        if benign_pairs:
+            row["benign_ce"] = response_cross_entropy(m, benign_pairs)
+        if mc_items:
+            row["mc_accuracy"] = multiple_choice_accuracy(m, mc_items)
+            row["utility"] = row["mc_accuracy"]
+        return row
+
+    return Suite(
+        "safety",
+        attribute,
+        utility,
+        KLReference(model, benign_pairs[:16]) if benign_pairs else None,
+        {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_mc": len(mc_items)},
+    )
+
+
+def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
+    test = safety_prompts("test")
+    return safety_suite(
+        model,
+        test["harmful"][: size.n_eval],
+        test["harmless"][: size.n_eval],
+        scary_but_safe=test["scary_but_safe"][: size.n_eval],
+        mc_items=utility_items(size),
+        benign_pairs=benign_pairs(),
+        max_new_tokens=size.max_new_tokens,
+    )
+
+
+def _examples(size: SuiteSize, n_attribute: int = 4, n_benign: int = 2) -> list[tuple[str, str]]:
+    test = safety_prompts("test")
+    return [("harmful", p) for p in test["harmful"][:n_attribute]] + [
+        ("harmless", p) for p in test["harmless"][:n_benign]
+    ]
+
+
+BEHAVIOUR = register(
+    Behaviour(
+        name="safety",
+        summary="refusing harmful requests (teacher-forced refusal vs compliance texts)",
+        build=lambda model=None, data=None, data_dir=None, part="tune": safety(part=part),
+        suite=_suite,
+        labels={
+            "attribute": "refusal rate on held-out harmful prompts",
+            "utility": "multiple-choice accuracy (ARC-Easy, PIQA, HellaSwag)",
+        },
+        examples=_examples,
+        presets={"quick": {"rho_attn": (0.1, 0.15, 0.2, 0.3), "rho_mlp": (0.0,)}},
+    )
+)

@@ -1,0 +1,15 @@
+"""The ``s2e`` command line: one module per command group, one error boundary
+(:mod:`s2e_lens.cli.app`)."""
+
+from __future__ import annotations
+
+from s2e_lens.cli import blocks, checks, models, runs  # noqa: F401  (each registers its commands)
+from s2e_lens.cli.app import app
+from s2e_lens.io.files import terminate_gracefully
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:  # console-script entry point
+    terminate_gracefully()
+    app()

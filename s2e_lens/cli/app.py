@@ -1,0 +1,98 @@
+"""The ``s2e`` application, its error boundary and the options its commands share.
+
+Commands are thin: check every argument and output target, then load the model, call the
+library, print. One error boundary (:class:`ErrorBoundary`) turns a user or environment error
+(an :class:`S2EError`, or an ``OSError`` such as a missing, unreadable or unwritable file) into
+one line on stderr and exit code 2; a traceback means a bug of ours.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from typer._click.core import Context as TyperContext  # the click that typer ships
+from typer.core import TyperGroup
+
+from s2e_lens.errors import S2EError
+from s2e_lens.io.files import Terminated
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line: the message, or for an OSError the file and the reason."""
+    if isinstance(err, OSError) and not isinstance(err, S2EError):
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror or err}"
+    else:
+        text = str(err)
+    return " ".join(text.split())
+
+
+class ErrorBoundary(TyperGroup):
+    """Every command runs inside this: our errors and the environment's become one line and
+    exit code 2; SIGTERM (turned into :class:`Terminated`) exits 143 after cleanup ran."""
+
+    def invoke(self, ctx: TyperContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (S2EError, OSError) as err:
+            typer.secho(f"error: {one_line(err)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+        except Terminated:
+            typer.secho("error: terminated; nothing partial was left behind", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=143) from None
+
+
+app = typer.Typer(
+    name="s2e",
+    help="Steer2Edit on TransformerLens: steering vectors -> sparse rank-1 weight edits.",
+    cls=ErrorBoundary,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List, install and inspect models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Packaged model name, local transformers directory, or hub id (org/name).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing output files or a non-empty output directory.")
+]
+DataDirOpt = Annotated[str | None, typer.Option(help="Evaluation data folder (default: $S2E_DATA).")]
+MaxDegenerateOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Exclude interventions with more than this share of degenerate generations (loops, "
+        "repeated tokens, runs of punctuation) from the comparison and the headline.",
+    ),
+]
+AnswerCheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--answer-check/--skip-answer-check",
+        help="Before evaluating, the unedited model must decode the same with and without its KV cache "
+        "(always checked) and answer a few known questions sanely (skip this part for a model "
+        "that cannot, e.g. one trained on code).",
+    ),
+]
+BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
+OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
+
+
+def check_data_dir(directory: str | None) -> None:
+    """Check the evaluation-data folder before any model is loaded."""
+    from s2e_lens.behaviours.datasets import data_dir
+
+    data_dir(directory)

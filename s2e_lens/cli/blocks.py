@@ -1,0 +1,324 @@
+"""The building blocks: ``s2e extract``, ``edit``, ``plot``, ``report``, ``export``, ``compare``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from s2e_lens.cli.app import DataDirOpt, JsonOpt, ModelOpt, OutOpt, OverwriteOpt, app, check_data_dir
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.io.files import OutputError, check_output
+from s2e_lens.models.registry import DEFAULT_MODEL
+
+
+@app.command("extract")
+def extract_cmd(
+    behaviour: Annotated[str, typer.Argument(help="safety, truthfulness, concise, or custom (with --data)")],
+    model_name: ModelOpt = DEFAULT_MODEL,
+    out: OutOpt = "runs/extract",
+    data: Annotated[str | None, typer.Option(help="custom: a JSONL of prompt, response, label rows.")] = None,
+    data_dir: DataDirOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Contrastive statistics and steering vectors of a behaviour (tune split), saved as
+    statistics.safetensors and steering_vectors.safetensors (+ JSON) in --out.
+
+    Example: s2e extract safety --out runs/safety-stats
+    """
+    from s2e_lens.behaviours import by_name, names
+    from s2e_lens.core.vectors import SteeringVectors
+    from s2e_lens.engine.extraction import collect_statistics
+    from s2e_lens.io.serialization import check_save_target
+    from s2e_lens.models.loading import load_model
+
+    if behaviour not in names():
+        raise InvalidInputError(f"unknown behaviour {behaviour!r}: use {', '.join(names())} (custom with --data)")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {out} is a file; give a directory for the statistics and vectors")
+    inputs = (data,) if data else ()
+    for stem in ("statistics", "steering_vectors"):
+        check_save_target(folder / stem, overwrite=overwrite, inputs=inputs)
+    data_set = None
+    if behaviour == "custom" or behaviour == "safety":  # read before the model loads
+        data_set = by_name(behaviour, data=data)
+    else:
+        check_data_dir(data_dir)
+    model = load_model(model_name, progress=False)
+    data_set = data_set or by_name(behaviour, model=model, data=data, data_dir=data_dir)
+    stats = collect_statistics(model, data_set, batch_size=batch_size, progress=not as_json)
+    vectors = SteeringVectors.from_statistics(stats)
+    written = [
+        stats.save(folder / "statistics", overwrite=overwrite),
+        vectors.save(folder / "steering_vectors", overwrite=overwrite),
+    ]
+    norms = vectors.norms()
+    files = [str(p) for p in written]
+    attn_norms = [round(float(x), 4) for x in norms["attn"]]
+    mlp_norms = [round(float(x), 4) for x in norms["mlp"]]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "out": out,
+                    "files": files,
+                    "n_positive": stats.positive.n_samples,
+                    "n_negative": stats.negative.n_samples,
+                    "v_attn_norm": attn_norms,
+                    "v_mlp_norm": mlp_norms,
+                }
+            )
+        )
+        return
+    typer.echo(
+        f"{stats.positive.n_samples} positive / {stats.negative.n_samples} negative samples; "
+        f"||v_attn|| max {max(attn_norms):.3f}, ||v_mlp|| max {max(mlp_norms):.3f}"
+    )
+    typer.echo("written: " + ", ".join(files))
+
+
+@app.command("edit")
+def edit_cmd(
+    source: Annotated[str, typer.Argument(help="statistics.safetensors (compute a plan) or a saved plan (apply it).")],
+    model_name: ModelOpt = DEFAULT_MODEL,
+    rho_attn: Annotated[
+        float | None,
+        typer.Option(help="Attention budget (<= 0: no head edits). Default: EditSettings().rho_attn (0.15)."),
+    ] = None,
+    rho_mlp: Annotated[
+        float | None, typer.Option(help="MLP budget (<= 0: no neuron edits). Default: EditSettings().rho_mlp (0).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="l1 share in [0, 1). Default: EditSettings().alpha (0.5).")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Where to save the computed plan (a file name).")
+    ] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option(help="Answer this before and after the edit (repeatable).")
+    ] = None,
+    export: Annotated[str | None, typer.Option(help="Also export the edited model to this directory.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")
+    ] = False,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute a Steer2Edit plan from saved statistics, or load a saved plan; then optionally
+    show before/after answers and export the edited model.
+
+    Example: s2e edit runs/stats/statistics.safetensors --rho-attn 0.15 --out runs/plan --prompt "Pick a lock?"
+    """
+    from s2e_lens.core.plan import EditPlan
+    from s2e_lens.core.settings import EditSettings
+    from s2e_lens.core.statistics import ContrastiveStatistics
+    from s2e_lens.engine.generation import GenerationSettings, generate
+    from s2e_lens.engine.mapper import apply_plan
+    from s2e_lens.engine.planning import compute_plan
+    from s2e_lens.io.serialization import check_save_target, kind_of
+    from s2e_lens.models.loading import load_model
+
+    kind = kind_of(source)
+    if kind not in ("contrastive_statistics", "edit_plan"):
+        raise InvalidInputError(f"{source} holds {kind!r}; give statistics (from s2e extract) or an edit plan")
+    given = {
+        k: v
+        for k, v in {"--rho-attn": rho_attn, "--rho-mlp": rho_mlp, "--alpha": alpha, "--out": out}.items()
+        if v is not None
+    }
+    if kind == "edit_plan" and given:
+        raise InvalidInputError(
+            f"{source} is already a plan: {', '.join(given)} apply only when computing a plan "
+            "from statistics (give statistics.safetensors, or drop them)"
+        )
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    defaults = EditSettings()  # the one source of the budgets' defaults
+    edit_settings = EditSettings(
+        rho_attn=defaults.rho_attn if rho_attn is None else rho_attn,
+        rho_mlp=defaults.rho_mlp if rho_mlp is None else rho_mlp,
+        alpha=defaults.alpha if alpha is None else alpha,
+    )
+    if out:
+        check_save_target(out, overwrite=overwrite, inputs=(source,))
+    if export:
+        check_output(export, kind="dir", overwrite=overwrite, inputs=(source,), what="export directory")
+    if kind == "contrastive_statistics":
+        stats = ContrastiveStatistics.load(source)
+        model = load_model(model_name, progress=False)
+        plan = compute_plan(model, stats, edit_settings)
+    else:
+        plan = EditPlan.load(source)
+        model = load_model(model_name, progress=False)
+    before = [g.text for g in generate(model, prompt, settings)] if prompt else []
+    apply_plan(model, plan, force=force)
+    after = [g.text for g in generate(model, prompt, settings)] if prompt else []
+    if export:
+        from s2e_lens.models.export import export_model
+
+        export_model(model, export, overwrite=overwrite)
+    written = plan.save(out, overwrite=overwrite) if out else None  # last: a failed export leaves no plan
+    answers = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompt or [], before, after, strict=True)]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"n_edited": plan.n_edited, "plan": str(written or source), "export": export, "answers": answers}
+            )
+        )
+        return
+    typer.echo(plan.describe())
+    for row in answers:
+        typer.echo(f"\nuser: {row['prompt']}\nbefore: {row['before']}\nafter:  {row['after']}")
+    if written:
+        typer.echo(f"plan written to {written} (+ .json)")
+    if export:
+        typer.echo(f"edited model exported to {export} (transformers checkpoint)")
+
+
+@app.command("plot")
+def plot_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory or a saved edit plan.")],
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Folder for the images (default: SOURCE/figures).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="png, svg or html.")] = "png",
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw the figures of a run directory (frontiers, heatmaps, neuron views, edit mass) or of
+    one plan (heatmaps, neuron views, edit mass).
+
+    Example: s2e plot runs/demo --format svg
+    """
+    from s2e_lens.core.plan import EditPlan
+    from s2e_lens.core.run import Run
+    from s2e_lens.reporting import figures
+    from s2e_lens.reporting.report import plan_figures, run_figures
+
+    if fmt not in ("png", "svg", "html"):
+        raise InvalidInputError(f"--format must be png, svg or html, got {fmt!r}")
+    src = Path(source)
+    if src.is_dir():
+        figs = run_figures(Run.load(src))
+        folder = Path(out) if out else src / "figures"
+    else:
+        figs = plan_figures(EditPlan.load(src))
+        folder = Path(out) if out else src.parent / "figures"
+    targets = {stem: folder / f"{stem}.{fmt}" for stem in figs}
+    for path in targets.values():
+        check_output(path, kind="file", overwrite=overwrite, inputs=(source,), what="figure")
+    if fmt != "html" and not figures.can_export_static():
+        raise figures.StaticExportError(f"cannot write {fmt} figures here: {figures.BROWSER_HINT}")
+    written = [str(figures.save_figure(figs[stem], path, overwrite=overwrite)) for stem, path in targets.items()]
+    typer.echo(json.dumps(written) if as_json else "\n".join(written))
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (from s2e run or s2e sweep).")],
+    model_name: Annotated[
+        str | None, typer.Option("--model", "-m", help="Also draw attention of the top edited heads with this model.")
+    ] = None,
+) -> None:
+    """(Re)build report.html and report.md of a run directory (its own files are replaced).
+
+    Example: s2e report runs/demo
+    """
+    from s2e_lens.core.run import Run
+    from s2e_lens.models.loading import load_model
+    from s2e_lens.reporting import report
+
+    run = Run.load(run_dir)  # a run directory, before any model loads
+    model = load_model(model_name, progress=False) if model_name else None
+    paths = report.build(run_dir, run=run, model=model)
+    typer.echo(f"report: {paths['html']}\n        {paths['md']}")
+
+
+@app.command("export")
+def export_cmd(
+    plan: Annotated[str, typer.Argument(help="A saved edit plan (.safetensors).")],
+    out: OutOpt = "exported",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")
+    ] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Apply a plan and write the edited model as a plain transformers checkpoint (loads with
+    AutoModelForCausalLM.from_pretrained; records the edit in s2e_edits.json).
+
+    Example: s2e export runs/demo/best_plan.safetensors --out smollm2-refusal
+    """
+    from s2e_lens.core.plan import EditPlan
+    from s2e_lens.engine.mapper import apply_plan
+    from s2e_lens.models.export import export_model
+    from s2e_lens.models.loading import load_model
+
+    check_output(out, kind="dir", overwrite=overwrite, inputs=(plan,), what="export directory")
+    p = EditPlan.load(plan)
+    model = load_model(model_name, progress=False)
+    apply_plan(model, p, force=force)
+    path = export_model(model, out, overwrite=overwrite)
+    typer.echo(
+        f"exported {p.n_edited['heads']} head and {p.n_edited['neurons']} neuron edits of {model_name} to {path}"
+    )
+
+
+@app.command("compare")
+def compare_cmd(
+    sources: Annotated[list[str], typer.Argument(help="Two or more run directories or plans, optionally NAME=PATH.")],
+    out: OutOpt = "runs/compare",
+    fmt: Annotated[str, typer.Option("--format", help="png, svg or html.")] = "png",
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare plans: across models (depth-normalised edit placement, heatmaps side by side) or
+    across behaviours in one model (overlap of edited components, lambda correlation).
+
+    Example: s2e compare smollm2=runs/safety-smollm2 gemma=runs/safety-gemma --out runs/compare
+    """
+    from s2e_lens.core.plan import EditPlan
+    from s2e_lens.reporting import figures
+
+    if len(sources) < 2:
+        raise InvalidInputError("give at least two run directories or plans to compare")
+    if fmt not in ("png", "svg", "html"):
+        raise InvalidInputError(f"--format must be png, svg or html, got {fmt!r}")
+    plans: dict[str, EditPlan] = {}
+    inputs = []
+    for src in sources:
+        name, _, path = src.rpartition("=") if "=" in src else ("", "", src)
+        p = Path(path)
+        file = p / "best_plan" if p.is_dir() else p
+        inputs.append(file)
+        plan = EditPlan.load(file)
+        plans[name or f"{plan.model.get('name', p.name)} · {plan.provenance.get('behaviour', 'custom')}"] = plan
+    folder = Path(out)
+    same_model = len({p.model.get("fingerprint") for p in plans.values()}) == 1
+    stems = ["heads_side_by_side", "behaviours" if same_model else "depth_profile"]
+    for stem in stems:
+        check_output(folder / f"{stem}.{fmt}", kind="file", overwrite=overwrite, inputs=inputs, what="figure")
+    if fmt != "html" and not figures.can_export_static():
+        raise figures.StaticExportError(f"cannot write {fmt} figures here: {figures.BROWSER_HINT}")
+    figs = {"heads_side_by_side": figures.compare_heatmaps(plans)}
+    doc: dict = {"same_model": same_model}
+    if same_model:
+        figs["behaviours"] = figures.compare_behaviours(plans)
+        table = figures.overlap_matrix(plans)
+        doc["overlap"] = json.loads(table.to_json(orient="records"))
+    else:
+        figs["depth_profile"] = figures.compare_models(plans)
+    doc["figures"] = [
+        str(figures.save_figure(f, folder / f"{stem}.{fmt}", overwrite=overwrite)) for stem, f in figs.items()
+    ]
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    if same_model:
+        typer.echo(table.to_string(index=False))
+    typer.echo("\n".join(doc["figures"]))

@@ -1,0 +1,94 @@
+"""``s2e doctor`` and ``s2e bench``: is the installation sane, and how fast is it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from s2e_lens.cli.app import JsonOpt, ModelOpt, app, bench_app
+from s2e_lens.models.registry import DEFAULT_MODEL
+
+
+@bench_app.command("load")
+def bench_load_cmd(
+    model_name: ModelOpt = DEFAULT_MODEL,
+    repeats: Annotated[int, typer.Option(min=1, help="Warm loads to time.")] = 3,
+) -> None:
+    """Time a packaged model's cold load (empty temporary cache) and warm loads.
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench load --model smollm2-135m-instruct
+    """
+    from s2e_lens.experiments.bench import bench_load
+
+    typer.echo("\n".join(bench_load(model_name, repeats=repeats).lines()))
+
+
+@bench_app.command("generate")
+def bench_generate_cmd(
+    model_name: ModelOpt = DEFAULT_MODEL,
+    batch_size: Annotated[int, typer.Option(min=1)] = 48,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    n: Annotated[int, typer.Option(min=1, help="Prompts.")] = 96,
+) -> None:
+    """Tokens/s of s2e_lens generation vs transformers' generate on the same model and batch.
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench generate --batch-size 48
+    """
+    from s2e_lens.experiments.bench import bench_generate
+
+    typer.echo("\n".join(bench_generate(model_name, batch_size=batch_size, max_new_tokens=max_new_tokens, n=n)))
+
+
+@bench_app.command("engine")
+def bench_engine_cmd(
+    model_name: ModelOpt = DEFAULT_MODEL,
+    n: Annotated[int, typer.Option(min=2, help="Samples per set (N); memory is also measured at 4N.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per timing (best of).")] = 3,
+) -> None:
+    """Time statistics extraction, the naive approach, edit computation, memory and inference.
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench engine --n 64
+    """
+    from s2e_lens.experiments.bench import bench_engine
+
+    typer.echo("\n".join(bench_engine(model_name, n=n, batch_size=batch_size, repeats=repeats)))
+
+
+@app.command("doctor")
+def doctor_cmd(
+    model_name: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model to check generation on (default: the default packaged model)."),
+    ] = None,
+    figures: Annotated[bool, typer.Option(help="Also check static (PNG) figure export.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the installation: versions, threads and device; the packaged models' files
+    (sha256, the converted cache); bridge logits vs plain transformers; cached vs uncached
+    generation; known answers; static figure export. One line per failure with its fix; exit
+    code 1 if any check fails.
+
+    Example: s2e doctor
+    """
+    from s2e_lens.experiments import health
+
+    env = health.environment()
+    checks = health.doctor(model_name, figures_check=figures)
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        typer.echo(json.dumps({"environment": env, "checks": [c.__dict__ for c in checks], "ok": not failed}))
+    else:
+        for key, value in env.items():
+            typer.echo(f"{key:<18}{value}")
+        typer.echo("")
+        for c in checks:
+            mark = typer.style("ok  ", fg=typer.colors.GREEN) if c.ok else typer.style("FAIL", fg=typer.colors.RED)
+            typer.echo(f"{mark} {c.name}: {c.detail}")
+        for c in failed:
+            typer.echo(f"fix: {c.name}: {c.fix}", err=True)
+        typer.echo("" if failed else "\nall checks passed")
+    if failed:
+        raise typer.Exit(code=1)

@@ -1,0 +1,232 @@
+"""``s2e run`` (the main job), ``s2e sweep`` and ``s2e eval``: everything that evaluates.
+Their defaults come from :class:`s2e_lens.experiments.pipelines.RunConfig`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from s2e_lens.cli.app import (
+    AnswerCheckOpt,
+    BehaviourArg,
+    DataDirOpt,
+    JsonOpt,
+    MaxDegenerateOpt,
+    ModelOpt,
+    OverwriteOpt,
+    app,
+    check_data_dir,
+)
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.experiments.config import RunConfig
+from s2e_lens.io.files import check_output
+from s2e_lens.models.registry import DEFAULT_MODEL
+
+DEFAULTS = RunConfig()  # the one source of a run's defaults
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InvalidInputError(f"{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def _listed(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    behaviour: Annotated[str, typer.Argument(help="safety or truthfulness")] = "safety",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "runs/sweep",
+    gammas: Annotated[str, typer.Option(help="Steering gammas, comma-separated.")] = _listed(DEFAULTS.gammas),
+    rho_attn: Annotated[str, typer.Option(help="Attention budgets (<= 0: off).")] = _listed(DEFAULTS.rho_attn),
+    rho_mlp: Annotated[str, typer.Option(help="MLP budgets (<= 0: off).")] = _listed(DEFAULTS.rho_mlp),
+    alpha: Annotated[str, typer.Option(help="l1 shares in [0, 1).")] = _listed(DEFAULTS.alpha),
+    keep: Annotated[int, typer.Option(min=1, help="Edit candidates kept after KL screening.")] = DEFAULTS.keep_edits,
+    max_kl: Annotated[
+        float, typer.Option(help="Screening: drop edits with a larger KL on benign text.")
+    ] = DEFAULTS.max_kl,
+    n_eval: Annotated[int, typer.Option(min=2, help="Held-out prompts/questions per set.")] = DEFAULTS.n_eval,
+    n_mc: Annotated[int, typer.Option(min=1, help="Multiple-choice items per utility set.")] = DEFAULTS.n_mc,
+    data_dir: DataDirOpt = None,
+    answer_check: AnswerCheckOpt = True,
+    max_degenerate: MaxDegenerateOpt = DEFAULTS.max_degenerate,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sweep activation steering (gamma) and Steer2Edit (rho_attn, rho_mlp, alpha) on a behaviour,
+    evaluate on held-out data, and compare them at matched utility.
+
+    Writes results.csv/json, screening.csv/json, matched_utility.csv/json, summary.json,
+    steering_vectors and best_plan (safetensors + JSON) to --out.
+
+    Example: s2e sweep safety --model smollm2-135m-instruct --out runs/safety-smollm2
+    """
+    from s2e_lens.experiments.pipelines import run
+
+    config = RunConfig(
+        model=model_name,
+        behaviour=behaviour,
+        gammas=_floats(gammas, "--gammas"),
+        rho_attn=_floats(rho_attn, "--rho-attn"),
+        rho_mlp=_floats(rho_mlp, "--rho-mlp"),
+        alpha=_floats(alpha, "--alpha"),
+        keep_edits=keep,
+        max_kl=max_kl,
+        n_eval=n_eval,
+        n_mc=n_mc,
+        data_dir=data_dir,
+        check_answers=answer_check,
+        max_degenerate=max_degenerate,
+    )
+    check_data_dir(data_dir)
+    check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
+    result = run(config, progress=not as_json)
+    path = result.save(out, overwrite=overwrite)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "out": str(path),
+                    "timings_s": result.timings,
+                    "mean_gain": result.comparison().mean_gain,
+                    "results": json.loads(result.results.to_json(orient="records")),
+                }
+            )
+        )
+        return
+    cols = [
+        c
+        for c in ("label", "attribute", "utility", "over_refusal_harmless", "mc1", "kl", "degenerate", "seconds")
+        if c in result.results
+    ]
+    typer.echo(result.results[cols].to_string(index=False))
+    typer.echo(
+        f"\nmean attribute gain of Steer2Edit over steering at matched utility: {result.comparison().mean_gain:+.3f}"
+    )
+    typer.echo(f"stage timings (s): {result.timings}\nwritten to {path}")
+
+
+@app.command("run")
+def run_cmd(
+    behaviour: BehaviourArg = "safety",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output directory (default runs/BEHAVIOUR-MODEL).")
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help="quick (minutes on 2 CPU cores) or full (the README's sweeps).")
+    ] = "quick",
+    n_eval: Annotated[int | None, typer.Option(min=2, help="Override: held-out prompts/questions per set.")] = None,
+    n_mc: Annotated[int | None, typer.Option(min=1, help="Override: multiple-choice items per utility set.")] = None,
+    data_dir: DataDirOpt = None,
+    answer_check: AnswerCheckOpt = True,
+    max_degenerate: MaxDegenerateOpt = DEFAULTS.max_degenerate,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The main job: data -> statistics -> steering vectors -> Steer2Edit candidates ->
+    held-out evaluation against activation steering -> example generations -> figures ->
+    report.html and report.md in --out.
+
+    Example: s2e run safety --model smollm2-135m-instruct --out runs/demo
+    """
+    from s2e_lens.experiments.pipelines import main_job
+    from s2e_lens.reporting.report import headline
+
+    overrides = {k: v for k, v in {"n_eval": n_eval, "n_mc": n_mc}.items() if v is not None}
+    config = RunConfig.preset(
+        behaviour,
+        preset,
+        model=model_name,
+        data_dir=data_dir,
+        check_answers=answer_check,
+        max_degenerate=max_degenerate,
+        **overrides,
+    )
+    check_data_dir(data_dir)
+    target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
+    started = time.perf_counter()
+    result = main_job(config, target, progress=not as_json, overwrite=overwrite)
+    report_path = Path(target) / "report.html"
+    summary = result.summary()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "report": str(report_path),
+                    "out": target,
+                    "best_plan": summary["best_plan"],
+                    "matched_steering": summary["matched_steering"],
+                    "mean_gain": summary["mean_gain_at_matched_utility"],
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
+        )
+        return
+    _, lines = headline(result)
+    typer.echo("\n".join(line.replace("**", "") for line in lines))
+    typer.echo(f"\nfinished in {time.perf_counter() - started:.0f} s")
+    typer.echo(f"report: {report_path}\n        {report_path.with_suffix('.md')}")
+
+
+@app.command("eval")
+def eval_cmd(
+    behaviour: BehaviourArg = "safety",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    plan: Annotated[str | None, typer.Option(help="Evaluate with this edit plan applied.")] = None,
+    vectors: Annotated[str | None, typer.Option(help="Steering vectors (with --gamma).")] = None,
+    gamma: Annotated[float, typer.Option(help="Steering strength for --vectors.")] = 1.0,
+    n_eval: Annotated[int, typer.Option(min=2)] = 24,
+    n_mc: Annotated[int, typer.Option(min=1)] = 10,
+    data_dir: DataDirOpt = None,
+    answer_check: AnswerCheckOpt = True,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure a behaviour's attribute and utility on held-out data, for the unedited model,
+    an edit plan, or steering.
+
+    Example: s2e eval safety --plan runs/demo/best_plan.safetensors --json
+    """
+    from s2e_lens.behaviours import get
+    from s2e_lens.core.plan import EditPlan
+    from s2e_lens.core.vectors import SteeringVectors
+    from s2e_lens.engine import interventions
+    from s2e_lens.engine.mapper import check_plan_is_safe
+    from s2e_lens.experiments import health
+    from s2e_lens.models.loading import load_model
+
+    if plan and vectors:
+        raise InvalidInputError("give --plan or --vectors, not both")
+    config = RunConfig.preset(behaviour, "quick", model=model_name, n_eval=n_eval, n_mc=n_mc, data_dir=data_dir)
+    check_data_dir(data_dir)
+    gamma = interventions.check_gamma(gamma)
+    edit_plan = EditPlan.load(plan) if plan else None
+    steering_vectors = SteeringVectors.load(vectors) if vectors else None
+    model = load_model(model_name, progress=False)
+    health.preflight(model, known=answer_check)
+    suite = get(behaviour).suite(model, config.suite_size())  # type: ignore[misc]
+    if edit_plan is not None:
+        check_plan_is_safe(model, edit_plan, force=force)
+        item = interventions.editing(edit_plan, label=f"plan {plan}", force=force)
+    elif steering_vectors is not None:
+        item = interventions.steering(steering_vectors, gamma) if gamma else interventions.unedited()
+    else:
+        item = interventions.unedited()
+    with item.active(model):
+        row = {"label": item.label, **suite.measure(model)}
+    if as_json:
+        typer.echo(json.dumps(row, default=str))
+        return
+    for k, v in row.items():
+        typer.echo(f"{k:<24}{v:.4f}" if isinstance(v, float) else f"{k:<24}{v}")

@@ -1,0 +1,172 @@
+"""A run: every evaluated intervention, the kept plans, the statistics and vectors they came
+from, and the record of how it was made. ``s2e run`` and ``s2e sweep`` return one and save it
+as a directory; :meth:`Run.load` reads it back for reports, plots and comparisons.
+
+A run directory holds ``results``, ``screening`` and ``matched_utility`` (CSV + JSON),
+``statistics``, ``steering_vectors``, ``best_plan`` and ``plans/edit_NN`` (safetensors +
+JSON), ``examples.json`` (when made) and ``summary.json`` (config, data provenance, timings,
+checks, stack versions, model card, the best plan and the steering run matched to it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from s2e_lens.core.comparison import Comparison, compare, sane
+from s2e_lens.core.plan import EditPlan
+from s2e_lens.core.statistics import ContrastiveStatistics
+from s2e_lens.core.vectors import SteeringVectors
+from s2e_lens.errors import S2EError
+from s2e_lens.io import files
+
+
+class RunDirectoryError(S2EError):
+    """A directory that is not (or no longer) a complete run."""
+
+
+def save_table(frame: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """A results table as CSV and JSON (records), written as one output."""
+    path = Path(path)
+    csv_path, json_path = path.with_suffix(".csv"), path.with_suffix(".json")
+    records = json.dumps(json.loads(frame.to_json(orient="records")), indent=1) + "\n"
+    files.write_all({csv_path: frame.to_csv(index=False), json_path: records}, overwrite=overwrite)
+    return csv_path, json_path
+
+
+@dataclass
+class Run:
+    config: dict[str, Any]  # the run's settings (behaviour, model, grids, sizes)
+    results: pd.DataFrame  # one row per evaluated intervention
+    plans: dict[str, EditPlan]  # the evaluated Steer2Edit plans, by label
+    screening: pd.DataFrame = field(default_factory=pd.DataFrame)  # the KL screen of every candidate
+    stats: ContrastiveStatistics | None = None
+    vectors: SteeringVectors | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # provenance of the contrastive data
+    model: dict[str, Any] = field(default_factory=dict)  # the model card, as a dict
+    timings: dict[str, float] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the preflight checks it passed
+    stack: dict[str, str] = field(default_factory=dict)  # package versions
+    examples: list[dict[str, str]] = field(default_factory=list)  # example generations, side by side
+
+    @property
+    def behaviour(self) -> str:
+        return str(self.config["behaviour"])
+
+    def comparison(self, utility: str = "utility") -> Comparison:
+        """Steer2Edit vs steering at matched ``utility`` (degenerate interventions left out)."""
+        return compare(self.results, utility)
+
+    def best_plan(self) -> tuple[str, EditPlan]:
+        """The evaluated Steer2Edit plan with the highest attribute (utility breaks ties),
+        among those whose generations are not mostly degenerate."""
+        ok = sane(self.results)
+        edits = ok[ok["kind"] == "edit"]
+        if edits.empty:
+            raise RunDirectoryError("no Steer2Edit candidate survived pruning with sane generations")
+        best = edits.sort_values(["attribute", "utility"], ascending=False).iloc[0]
+        return str(best["label"]), self.plans[str(best["label"])]
+
+    def matched_steering(self, edit_label: str) -> str:
+        """The steering run to set beside an edit: the strongest steering (highest attribute)
+        whose utility is at least the edit's; the mildest steering if none is."""
+        frame = self.results
+        edit = frame[frame["label"] == edit_label].iloc[0]
+        ok = sane(frame)
+        steer = ok[ok["kind"] == "steer"]
+        if steer.empty:
+            raise RunDirectoryError("the run has no steering results with sane generations")
+        above = steer[steer["utility"] >= edit["utility"]]
+        pick = above.sort_values("attribute", ascending=False) if not above.empty else steer.sort_values("gamma")
+        return str(pick.iloc[0]["label"])
+
+    def summary(self) -> dict[str, Any]:
+        label, _ = self.best_plan()
+        return {
+            "config": self.config,
+            "data": self.data,
+            "timings_s": self.timings,
+            "best_plan": label,
+            "matched_steering": self.matched_steering(label),
+            "plan_files": {name: f"plans/edit_{i:02d}.safetensors" for i, name in enumerate(self.plans)},
+            "mean_gain_at_matched_utility": self.comparison().mean_gain,
+            "degenerate_excluded": self.comparison().excluded,
+            "checks": self.checks,
+            "stack": self.stack,
+            "model": self.model,
+        }
+
+    # ------------------------------------------------------------------------ files
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the run directory as one output: built in a scratch directory beside ``out``
+        and renamed into place when complete (a non-empty ``out`` needs ``overwrite``)."""
+        with files.atomic_directory(out, overwrite=overwrite) as scratch:
+            self.write_into(scratch)
+        return Path(out)
+
+    def write_into(self, out: Path) -> None:
+        """Every file of the run into the (new, empty) directory ``out``."""
+        summary = self.summary()
+        save_table(self.results, out / "results")
+        save_table(self.screening, out / "screening")
+        save_table(self.comparison().table(), out / "matched_utility")
+        if self.vectors is not None:
+            self.vectors.save(out / "steering_vectors")
+        if self.stats is not None:
+            self.stats.save(out / "statistics")
+        self.best_plan()[1].save(out / "best_plan")
+        for name, plan in self.plans.items():
+            plan.save(out / summary["plan_files"][name])
+        if self.examples:
+            files.write_text(out / "examples.json", json.dumps(self.examples, indent=1) + "\n", overwrite=False)
+        files.write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n", overwrite=False)
+
+    @classmethod
+    def load(cls, out: str | Path) -> Run:
+        """Read a run directory back; a damaged or partial one is refused, naming what is wrong."""
+        out = Path(out)
+        if not (out / "summary.json").is_file() or not (out / "results.csv").is_file():
+            raise RunDirectoryError(
+                f"{out} is not a run directory (no summary.json / results.csv); make one with 's2e run' or 's2e sweep'"
+            )
+        try:
+            summary = json.loads((out / "summary.json").read_text())
+            results = pd.read_csv(out / "results.csv")
+            screening = pd.read_csv(out / "screening.csv") if (out / "screening.csv").is_file() else pd.DataFrame()
+            examples = json.loads((out / "examples.json").read_text()) if (out / "examples.json").is_file() else []
+        except (json.JSONDecodeError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise RunDirectoryError(f"{out} holds a damaged run file ({type(err).__name__}: {err}); rerun it") from None
+        missing = [
+            k
+            for k in ("config", "model", "best_plan", "plan_files")
+            if not isinstance(summary, dict) or k not in summary
+        ]
+        if missing or not {"label", "kind", "attribute", "utility"} <= set(results.columns):
+            raise RunDirectoryError(
+                f"{out}: summary.json or results.csv lacks what a run writes "
+                f"({missing or 'columns'}); rerun it with 's2e run' or 's2e sweep'"
+            )
+        plans = {name: EditPlan.load(out / path) for name, path in summary["plan_files"].items()}
+        stats = ContrastiveStatistics.load(out / "statistics") if (out / "statistics.safetensors").is_file() else None
+        vectors = (
+            SteeringVectors.load(out / "steering_vectors") if (out / "steering_vectors.safetensors").is_file() else None
+        )
+        return cls(
+            config=summary["config"],
+            results=results,
+            plans=plans,
+            screening=screening,
+            stats=stats,
+            vectors=vectors,
+            data=summary.get("data", {}),
+            model=summary["model"],
+            timings=summary.get("timings_s", {}),
+            checks=summary.get("checks", []),
+            stack=summary.get("stack", {}),
+            examples=examples,
+        )

@@ -1,0 +1,136 @@
+"""Scoring text with a model: log-likelihoods of continuations, multiple choice, benign
+cross-entropy, and KL to a reference model.
+
+Every function runs the model as it is (unedited, edited, or inside ``steered(...)``), so the
+same call measures any intervention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from s2e_lens.core import metrics
+from s2e_lens.core.items import MultipleChoice
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.tokens import encode_prompt, encode_response, pad, pad_token_id
+
+
+@dataclass(frozen=True)
+class Scored:
+    logprob: float  # sum of log-probabilities of the continuation's tokens
+    n_tokens: int
+
+    @property
+    def mean(self) -> float:
+        return metrics.length_normalised(self.logprob, self.n_tokens)
+
+
+def continuation_logprobs(
+    model: LoadedModel,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> Iterator[tuple[int, Float[torch.Tensor, "n_cont vocab"]]]:
+    """For each (context, continuation) pair of token ids, the log-softmax over the vocabulary
+    at the positions that predict the continuation's tokens. Yields ``(index, logprobs)`` in
+    batches sorted by length (not in input order). Left padding with explicit position ids, so
+    a padded row computes exactly what it would alone; logits only where they are needed."""
+    pad_id = pad_token_id(model.tokenizer)
+    for i, (ctx, cont) in enumerate(pairs):
+        if not cont:
+            raise InvalidInputError(f"continuation {i} is empty")
+        if not ctx:
+            raise InvalidInputError(f"context {i} is empty: the first token has nothing to condition on")
+        model.check_context(len(ctx) + len(cont), f"scored text {i}")
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    for lo in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
+        idx = order[lo : lo + batch_size]
+        # left padding: every continuation ends at the last position
+        batch = pad([pairs[i][0] + pairs[i][1] for i in idx], pad_id, "left")
+        keep = max(len(pairs[i][1]) for i in idx) + 1  # logits only where a continuation is predicted
+        with torch.inference_mode():
+            logits = model.hf_model(
+                input_ids=batch.input_ids.to(model.device),
+                attention_mask=batch.attention_mask.to(model.device),
+                position_ids=batch.position_ids.to(model.device),
+                use_cache=False,
+                logits_to_keep=keep,
+            ).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
+        for row, i in enumerate(idx):
+            n = len(pairs[i][1])
+            yield i, logp[row, logp.shape[1] - n :]
+
+
+def score_continuations(
+    model: LoadedModel,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[Scored]:
+    """Log-probability of each continuation (token ids) given its context (token ids)."""
+    out: list[Scored | None] = [None] * len(pairs)
+    for i, logp in continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress):
+        cont = torch.tensor(pairs[i][1], device=logp.device)
+        out[i] = Scored(float(logp.gather(-1, cont[:, None]).sum()), len(pairs[i][1]))
+    return [s for s in out if s is not None]
+
+
+# ------------------------------------------------------------------------------- utility
+
+
+def multiple_choice_accuracy(
+    model: LoadedModel, items: Sequence[MultipleChoice], *, normalise: bool = True, batch_size: int = 16
+) -> float:
+    """Log-likelihood multiple choice (plain text, no chat template): the choice with the
+    highest (length-normalised, by default) log-probability wins."""
+    tok = model.tokenizer
+    pairs, owners = [], []
+    for i, item in enumerate(items):
+        ctx = list(tok(item.context, add_special_tokens=True)["input_ids"])
+        for choice in item.choices:
+            pairs.append((ctx, encode_response(tok, choice)))
+            owners.append(i)
+    scored = score_continuations(model, pairs, batch_size=batch_size)
+    per_item: list[list[float]] = [[] for _ in items]
+    for owner, s in zip(owners, scored, strict=True):
+        per_item[owner].append(s.mean if normalise else s.logprob)
+    return metrics.mc_accuracy(per_item, [item.answer for item in items])
+
+
+def response_cross_entropy(model: LoadedModel, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16) -> float:
+    """Mean per-token negative log-likelihood of reference responses (chat-formatted)."""
+    tok = model.tokenizer
+    encoded = [(encode_prompt(tok, p), encode_response(tok, r)) for p, r in pairs]
+    scored = score_continuations(model, encoded, batch_size=batch_size)
+    return -sum(s.logprob for s in scored) / sum(s.n_tokens for s in scored)
+
+
+class KLReference:
+    """Next-token distributions of a model (usually the unedited one) on fixed texts, to
+    measure later how far an intervention moves them: KL(reference || current)."""
+
+    def __init__(self, model: LoadedModel, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> None:
+        tok = model.tokenizer
+        self.encoded = [(encode_prompt(tok, p), encode_response(tok, r)) for p, r in pairs]
+        self.batch_size = batch_size
+        self.reference = self._logprobs(model)
+
+    def _logprobs(self, model: LoadedModel) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(self.encoded)
+        for i, logp in continuation_logprobs(model, self.encoded, batch_size=self.batch_size):
+            out[i] = logp.cpu()
+        return [t for t in out if t is not None]
+
+    def kl(self, model: LoadedModel) -> float:
+        current = self._logprobs(model)
+        total = sum(float(metrics.kl_per_position(r, c).sum()) for r, c in zip(self.reference, current, strict=True))
+        return total / sum(r.shape[0] for r in self.reference)

@@ -1,0 +1,102 @@
+"""The settings of a run: the one source of its defaults (``s2e run`` and ``s2e sweep`` read
+theirs from :class:`RunConfig`; each behaviour's presets adjust it by size). Light to import:
+the CLI reads it at start-up; what it checks against is imported when it is checked."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from s2e_lens.core.comparison import DEGENERATE_LIMIT
+from s2e_lens.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from s2e_lens.behaviours.base import SuiteSize
+
+SIZES = ("quick", "full")
+# what `quick` changes for every behaviour (each behaviour's own "quick" preset comes after)
+QUICK = {"keep_edits": 3, "baselines": False, "n_eval": 24, "n_mc": 10, "alpha": (0.5, 0.8)}
+QUICK_GAMMAS = (0.5, 1.0, 2.0)  # a behaviour whose base preset sets gammas keeps its first three
+
+
+def evaluated_behaviour(name: str) -> None:
+    """Refuse a behaviour without an evaluation suite (runs and sweeps need one)."""
+    from s2e_lens.behaviours.base import names
+
+    runnable = names(evaluated=True)
+    if name not in runnable:
+        raise InvalidInputError(f"behaviour must be one of {', '.join(runnable)}, got {name!r}")
+
+
+@dataclass
+class RunConfig:
+    """Knobs of a run. The defaults fit in minutes on a 2-core CPU for a 135M model."""
+
+    model: str = "smollm2-135m-instruct"
+    behaviour: str = "safety"
+    gammas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    rho_attn: tuple[float, ...] = (0.08, 0.1, 0.12, 0.15, 0.2, 0.3)
+    rho_mlp: tuple[float, ...] = (0.0, 1.0)
+    alpha: tuple[float, ...] = (0.5, 0.7, 0.8)
+    keep_edits: int = 7  # Steer2Edit candidates evaluated after pruning
+    max_kl: float = 0.5  # pruning: candidates that move benign next-token distributions more are dropped
+    baselines: bool = True  # also evaluate weight orthogonalisation and an ITI-style top-K-heads shift
+    iti_k: int = 8
+    iti_gamma: float = 2.0
+    n_eval: int = 40  # held-out prompts (or questions) per evaluation set
+    n_mc: int = 20  # multiple-choice items per utility set (ARC-Easy, PIQA, HellaSwag)
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    data_dir: str | None = None
+    seed: int = 0
+    # before any evaluation, the unedited model must decode the same with and without its KV
+    # cache (always) and answer known questions sanely (this flag; off for models that cannot)
+    check_answers: bool = True
+    # interventions with more than this share of degenerate generations are excluded
+    max_degenerate: float = DEGENERATE_LIMIT
+
+    def __post_init__(self) -> None:
+        """Bad settings are refused here, before any model is loaded."""
+        from s2e_lens.engine.interventions import grid
+
+        evaluated_behaviour(self.behaviour)
+        grid(self.rho_attn, self.rho_mlp, self.alpha)  # EditSettings checks each point
+        bad = [g for g in self.gammas if not math.isfinite(g)]
+        if bad:
+            raise InvalidInputError(f"steering gammas must be finite numbers, got {bad}")
+        if not 0.0 <= self.max_degenerate <= 1.0:
+            raise InvalidInputError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
+
+    @classmethod
+    def preset(cls, behaviour: str = "safety", size: str = "quick", **overrides: Any) -> RunConfig:
+        """Settings by behaviour and size. ``quick`` (what ``s2e run`` and ``make demo`` use)
+        evaluates 3 steering strengths and 3 edits on small held-out sets, a few minutes for
+        a 135M model on 2 CPU cores; ``full`` is the sweep behind the README's tables. Each
+        behaviour's presets adjust the grids (truthfulness needs larger budgets than safety)."""
+        from s2e_lens.behaviours.base import get
+
+        evaluated_behaviour(behaviour)
+        if size not in SIZES:
+            raise InvalidInputError(f"size must be quick or full, got {size!r}")
+        presets = get(behaviour).presets
+        settings: dict[str, Any] = {"behaviour": behaviour, **presets.get("base", {})}
+        if size == "quick":
+            settings.update(QUICK, gammas=tuple(settings.get("gammas", QUICK_GAMMAS))[:3])
+        settings.update(presets.get(size, {}))
+        settings.update(overrides)
+        return cls(**settings)
+
+    def suite_size(self) -> SuiteSize:
+        from s2e_lens.behaviours.base import SuiteSize
+
+        return SuiteSize(
+            n_eval=self.n_eval,
+            n_mc=self.n_mc,
+            max_new_tokens=self.max_new_tokens,
+            data_dir=self.data_dir,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

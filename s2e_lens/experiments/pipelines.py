@@ -1,0 +1,133 @@
+"""End-to-end runs: behaviour data -> statistics -> vectors -> candidate interventions ->
+cheap pruning -> held-out evaluation -> steering vs Steer2Edit comparison, as a :class:`Run`
+(settings: :class:`s2e_lens.experiments.config.RunConfig`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from s2e_lens.behaviours.base import get
+from s2e_lens.core.run import Run
+from s2e_lens.core.vectors import SteeringVectors
+from s2e_lens.engine import interventions
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.generation import GenerationSettings, generate
+from s2e_lens.experiments import health, sweep
+from s2e_lens.experiments.config import RunConfig
+from s2e_lens.io import files
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
+
+
+def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool = True) -> Run:
+    """Everything but the report: check the unedited model, build the behaviour's data,
+    collect statistics, screen edit candidates, evaluate steering, the kept edits (and the
+    baselines) on the test split."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 1)
+        clock = now
+
+    behaviour = get(config.behaviour)
+    model = model or load_model(config.model, progress=progress)
+    lap("load")
+    checks = health.preflight(model, known=config.check_answers).checks
+    lap("checks")
+    data = behaviour.build(model=model, data_dir=config.data_dir, part="tune")
+    assert behaviour.suite is not None
+    suite = behaviour.suite(model, config.suite_size())
+    lap("data")
+    stats = collect_statistics(model, data, batch_size=config.batch_size, progress=progress)
+    vectors = SteeringVectors.from_statistics(stats)
+    lap("statistics")
+    settings = interventions.grid(config.rho_attn, config.rho_mlp, config.alpha)
+    candidates = interventions.edit_candidates(model, stats, settings)
+    lap("plans")
+    assert suite.kl_reference is not None
+    kept, screening = sweep.prune(model, candidates, suite.kl_reference, max_kl=config.max_kl, keep=config.keep_edits)
+    lap("pruning")
+    evaluated = interventions.steering_sweep(vectors, config.gammas) + kept
+    if config.baselines:
+        evaluated += [
+            interventions.orthogonalisation(model, vectors),
+            interventions.iti(model, stats, config.iti_k, config.iti_gamma),
+        ]
+    results = sweep.run(model, suite, evaluated, progress=progress, max_degenerate=config.max_degenerate)
+    lap("evaluation")
+    return Run(
+        config=config.to_dict(),
+        results=results,
+        screening=screening,
+        plans={c.label: c.plan for c in kept if c.plan is not None},
+        stats=stats,
+        vectors=vectors,
+        data=dict(data.provenance),
+        model=model.card.to_dict(),
+        timings=timings,
+        checks=[c.__dict__ for c in checks],
+        stack=health.stack_versions(),
+    )
+
+
+def example_generations(run: Run, model: LoadedModel, *, max_new_tokens: int = 48) -> list[dict[str, str]]:
+    """Greedy answers to a few held-out prompts from the unedited model, the best edit and the
+    steering run matched to it, side by side."""
+    behaviour = get(run.behaviour)
+    if behaviour.examples is None or run.vectors is None:
+        return []
+    config = RunConfig(**run.config)
+    prompts = behaviour.examples(config.suite_size())
+    edit_label, plan = run.best_plan()
+    steer_label = run.matched_steering(edit_label)
+    gamma = float(run.results.loc[run.results["label"] == steer_label, "gamma"].iloc[0])
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    texts = [p for _, p in prompts]
+    columns: dict[str, list[str]] = {}
+    for name, item in (
+        ("unedited", interventions.unedited()),
+        ("edit", interventions.editing(plan, label=edit_label, force=True)),
+        ("steering", interventions.steering(run.vectors, gamma)),
+    ):
+        with item.active(model):
+            columns[name] = [g.text for g in generate(model, texts, settings)]
+    return [
+        {
+            "set": kind,
+            "prompt": p,
+            "unedited": columns["unedited"][i],
+            "edit": columns["edit"][i],
+            "steering": columns["steering"][i],
+            "edit_label": edit_label,
+            "steering_label": steer_label,
+        }
+        for i, (kind, p) in enumerate(prompts)
+    ]
+
+
+def main_job(config: RunConfig, out: str | Path, *, progress: bool = True, overwrite: bool = False) -> Run:
+    """``s2e run``: data -> statistics -> vectors -> edit candidates -> evaluation against
+    steering -> examples -> figures -> report, all in ``out`` (written as one output: nothing
+    appears there until the report is complete)."""
+    from s2e_lens.reporting import report
+
+    out = Path(out)
+    files.check_output(out, kind="dir", overwrite=overwrite, what="run directory")  # before any work
+    started = time.perf_counter()
+    model = load_model(config.model, progress=progress)
+    loading = round(time.perf_counter() - started, 1)
+    result = run(config, model=model, progress=progress)
+    result.timings["load"] = loading
+    started = time.perf_counter()
+    result.examples = example_generations(result, model)
+    result.timings["examples"] = round(time.perf_counter() - started, 1)
+    with files.atomic_directory(out, overwrite=overwrite) as scratch:
+        result.write_into(scratch)
+        started = time.perf_counter()
+        report.build(scratch, run=result, model=model)
+        result.timings["report"] = round(time.perf_counter() - started, 1)
+    return result

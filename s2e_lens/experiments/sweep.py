@@ -1,0 +1,66 @@
+"""Sweeps: screen candidate edits cheaply (KL on benign text), then measure every
+intervention with a behaviour's suite. The comparison of the results is pure
+(:mod:`s2e_lens.core.comparison`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from s2e_lens.behaviours.base import Suite
+from s2e_lens.core.comparison import DEGENERATE_LIMIT
+from s2e_lens.engine.interventions import Intervention, unedited
+from s2e_lens.engine.scoring import KLReference
+from s2e_lens.models.loaded import LoadedModel
+
+
+def prune(
+    model: LoadedModel, candidates: Sequence[Intervention], reference: KLReference, *, max_kl: float, keep: int
+) -> tuple[list[Intervention], pd.DataFrame]:
+    """Cheap screening before any generation: KL on a few benign texts for each candidate.
+    Drops candidates whose KL exceeds ``max_kl`` (they break the model), then keeps ``keep``
+    of the survivors spread evenly over their KL range (mild to strong), so the frontier is
+    sampled across its length. Returns the kept candidates and the screening table."""
+    rows = []
+    for c in candidates:
+        with c.active(model):
+            kl = reference.kl(model)
+        rows.append({**c.describe(), "screen_kl": kl, "kept": False})
+    frame = pd.DataFrame(rows)
+    ok = [i for i, r in enumerate(rows) if r["screen_kl"] <= max_kl]
+    # spread the survivors over their KL range, so the frontier is sampled from mild to strong
+    ok.sort(key=lambda i: rows[i]["screen_kl"])
+    if len(ok) > keep:
+        step = (len(ok) - 1) / (keep - 1) if keep > 1 else 0
+        ok = sorted({ok[round(j * step)] for j in range(keep)})
+    for i in ok:
+        frame.loc[i, "kept"] = True
+    return [candidates[i] for i in ok], frame
+
+
+def run(
+    model: LoadedModel,
+    suite: Suite,
+    interventions: Sequence[Intervention],
+    *,
+    progress: bool = True,
+    max_degenerate: float = DEGENERATE_LIMIT,
+) -> pd.DataFrame:
+    """Measure every intervention (the unedited model is always included). A row whose
+    ``degenerate`` share exceeds ``max_degenerate`` gets ``degenerate_flag`` (see
+    :func:`s2e_lens.core.comparison.sane`)."""
+    todo = list(interventions)
+    if not any(i.kind == "none" for i in todo):
+        todo.insert(0, unedited())
+    rows = []
+    for item in tqdm(todo, desc=f"{suite.behaviour} sweep", disable=not progress):
+        started = time.perf_counter()
+        with item.active(model):
+            figures = suite.measure(model)
+        row = {**item.describe(), **figures}
+        row["degenerate_flag"] = bool(row.get("degenerate", 0.0) > max_degenerate)
+        rows.append({**row, "seconds": round(time.perf_counter() - started, 1)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,42 @@
+"""Where s2e_lens keeps converted checkpoints (written through :mod:`s2e_lens.files`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from s2e_lens.models.registry import PackagedModel
+
+CACHE_ENV = "S2E_CACHE"
+SOURCE_FILE = "s2e_source.json"  # written last into a converted checkpoint
+
+
+def cache_root() -> Path:
+    """The cache directory: ``$S2E_CACHE``, else ``$XDG_CACHE_HOME/s2e_lens``, else ``~/.cache/s2e_lens``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "s2e_lens"
+
+
+def checkpoint_dir(spec: PackagedModel) -> Path:
+    """Where the converted float32 checkpoint of a packaged model lives."""
+    return cache_root() / "models" / spec.name / spec.sha256[:16]
+
+
+def is_cached(spec: PackagedModel) -> bool:
+    return (checkpoint_dir(spec) / SOURCE_FILE).is_file()
+
+
+def remove_cached(spec: PackagedModel) -> bool:
+    """Delete the converted checkpoint of ``spec``; True if one was there."""
+    target = checkpoint_dir(spec)
+    if target.exists():
+        shutil.rmtree(target)
+        return True
+    return False

@@ -1,0 +1,259 @@
+"""The report of a run: figures, and the same content as Markdown (``report.md``, static
+PNGs) and HTML (``report.html``, interactive, self-contained and offline: plotly.js inlined
+once). The pages are jinja2 templates (``reporting/templates``); this module only computes
+what goes into them."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+import plotly.graph_objects as go
+from markupsafe import Markup
+
+from s2e_lens.behaviours.base import get, names
+from s2e_lens.core.comparison import compare, degenerate_rows
+from s2e_lens.core.plan import EditPlan
+from s2e_lens.core.run import Run
+from s2e_lens.io.files import write_text
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.reporting import figures
+from s2e_lens.version import __version__
+
+COLUMNS = [
+    "label",
+    "attribute",
+    "utility",
+    "kl",
+    "benign_ce",
+    "over_refusal_harmless",
+    "over_refusal_scary",
+    "degenerate",
+    "mc1",
+    "heads_edited",
+    "neurons_edited",
+]
+SETTINGS = [
+    "model",
+    "behaviour",
+    "gammas",
+    "rho_attn",
+    "rho_mlp",
+    "alpha",
+    "keep_edits",
+    "max_kl",
+    "n_eval",
+    "n_mc",
+    "max_new_tokens",
+    "baselines",
+    "max_degenerate",
+    "seed",
+]
+
+
+def labels(behaviour: str) -> dict[str, str]:
+    """The attribute and utility axis names of a behaviour."""
+    own = get(behaviour).labels if behaviour in names() else {}
+    return {"attribute": own.get("attribute", "attribute"), "utility": own.get("utility", "utility")}
+
+
+def run_figures(run: Run) -> dict[str, go.Figure]:
+    """Every figure of a run, by file stem."""
+    results = run.results
+    axis = labels(run.behaviour)
+    best_label, best_plan = run.best_plan()
+    sub = f"<br><sup>{run.model['name']} · {run.behaviour} · held-out test split · best edit: {best_label}</sup>"
+    figs: dict[str, go.Figure] = {}
+    figs["frontier"] = figures.frontier(
+        results,
+        attribute_label=axis["attribute"],
+        utility_label=axis["utility"],
+        title="Attribute vs utility: Steer2Edit and activation steering" + sub,
+    )
+    if "kl" in results:
+        with_kl = results.assign(neg_kl=-results["kl"])
+        figs["frontier_kl"] = figures.frontier(
+            with_kl,
+            utility="neg_kl",
+            attribute_label=axis["attribute"],
+            utility_label="−KL(unedited ‖ intervened) on benign text (higher = closer to unedited)",
+            title="Attribute vs closeness to the unedited model" + sub,
+        )
+    return {**figs, **plan_figures(best_plan)}
+
+
+def plan_figures(plan: EditPlan) -> dict[str, go.Figure]:
+    """Every figure of one plan, by file stem (neuron lambda views only if it edits neurons)."""
+    figs = {
+        "lambda_heads": figures.lambda_heatmap(plan),
+        "lambda_heads_sorted": figures.lambda_heatmap(plan, sorted_view=True),
+        "importance_heads": figures.lambda_heatmap(plan, value="g"),
+        "importance_neurons": figures.neuron_topk(plan, value="g"),
+    }
+    if plan.n_edited["neurons"]:
+        figs["lambda_neurons"] = figures.neuron_topk(plan)
+        figs["lambda_neuron_bins"] = figures.neuron_bins(plan)
+    figs["edit_mass"] = figures.edit_mass(plan)
+    return figs
+
+
+def _fmt(v: Any) -> str:
+    if v is pd.NA:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _table(frame: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in COLUMNS if c in frame.columns]
+    out = frame[cols].copy()
+    for c in ("heads_edited", "neurons_edited"):
+        if c in out:
+            out[c] = out[c].astype("Int64")
+    return out.astype(object).map(_fmt)
+
+
+def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
+    """The rows to set side by side (unedited, best edit, matched steering) and the result
+    sentences (Markdown bold marks the names and the gains)."""
+    results = run.results
+    best_label, _ = run.best_plan()
+    steer_label = run.matched_steering(best_label)
+    rows = pd.concat([results[results["label"] == p] for p in ("unedited", best_label, steer_label)])
+    base = results[results["kind"] == "none"].iloc[0]
+    best = results[results["label"] == best_label].iloc[0]
+    lines = [
+        f"Best Steer2Edit edit (highest attribute among the kept edits): **{best['label']}** — "
+        f"attribute {base['attribute']:.3f} → {best['attribute']:.3f}, utility {base['utility']:.3f} → "
+        f"{best['utility']:.3f}" + (f", KL {best['kl']:.3f}" if "kl" in best else "") + ".",
+    ]
+    st = results[results["label"] == steer_label].iloc[0]
+    lines.append(
+        f"Steering at matched utility (strongest steering with utility ≥ the edit's): "
+        f"**{st['label']}** — attribute {st['attribute']:.3f}, utility {st['utility']:.3f}"
+        + (f", KL {st['kl']:.3f}" if "kl" in st else "")
+        + "."
+    )
+    flagged = degenerate_rows(results)
+    if len(flagged):
+        names = ", ".join(f"{r['label']} ({r['degenerate']:.0%} degenerate)" for _, r in flagged.iterrows())
+        lines.append(
+            f"Kept out of the comparison because their generations are mostly degenerate "
+            f"(loops, repeated tokens, runs of punctuation): **{names}**."
+        )
+    gain = run.comparison().mean_gain
+    if not math.isnan(gain):
+        verdict = "Steer2Edit is ahead" if gain > 0 else "steering is ahead" if gain < 0 else "they tie"
+        lines.append(
+            f"Mean attribute gain of Steer2Edit over steering at matched utility: **{gain:+.3f}** "
+            f"({verdict} on this run)."
+        )
+    if "kl" in results and (results["kind"] == "edit").any() and (results["kind"] == "steer").any():
+        kl_gain = compare(results.assign(neg_kl=-results["kl"]), utility="neg_kl").mean_gain
+        if not math.isnan(kl_gain):
+            lines.append(
+                f"Matched instead on closeness to the unedited model (−KL on benign text): **{kl_gain:+.3f}**."
+            )
+    return rows, lines
+
+
+def build(
+    out: str | Path, *, run: Run | None = None, model: LoadedModel | None = None, attention_prompt: str | None = None
+) -> dict[str, Path]:
+    """Write ``figures/`` and ``report.md`` / ``report.html`` into the run directory ``out``
+    (its own files: they are replaced). ``run`` defaults to :meth:`Run.load` of ``out``. With
+    ``model`` (the model the run used), also an attention view of the most-edited heads."""
+    out = Path(out)
+    run = run if run is not None else Run.load(out)
+    figs = run_figures(run)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    pngs: list[tuple[str, str]] = []
+    if figures.can_export_static():
+        for stem, fig in figs.items():
+            figures.save_figure(fig, fig_dir / f"{stem}.png", overwrite=True)
+            pngs.append((stem, f"figures/{stem}.png"))
+    attention = False
+    if model is not None:
+        from s2e_lens.reporting.attention_view import attention_view, top_heads
+
+        _, plan = run.best_plan()
+        prompt = attention_prompt or (run.examples[0]["prompt"] if run.examples else "Hello!")
+        if top_heads(plan, 1):
+            attention_view(model, prompt, plan=plan, n=6).save(fig_dir / "attention_top_heads.html", overwrite=True)
+            attention = True
+    rows, lines = headline(run)
+    context = _context(run, rows, lines, attention)
+    md = (
+        _environment(autoescape=False)
+        .get_template("report.md.j2")
+        .render(
+            **context,
+            pngs=pngs,
+            browser_hint=figures.BROWSER_HINT,
+            headline_table=_table(rows).to_markdown(index=False, disable_numparse=True),
+            results_table=_table(run.results).to_markdown(index=False, disable_numparse=True),
+            matched_table=_matched(run).to_markdown(index=False, disable_numparse=True) if len(_matched(run)) else "",
+            settings_table=_settings(run).to_markdown(index=False, disable_numparse=True),
+        )
+    )
+    page = (
+        _environment(autoescape=True)
+        .get_template("report.html.j2")
+        .render(
+            **(context | {"lines": [Markup(_bold(line)) for line in lines]}),
+            figures=[
+                Markup(fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{stem}"))
+                for i, (stem, fig) in enumerate(figs.items())
+            ],
+            headline_table=Markup(_table(rows).to_html(index=False)),
+            results_table=Markup(_table(run.results).to_html(index=False)),
+            matched_table=Markup(_matched(run).to_html(index=False)) if len(_matched(run)) else "",
+            settings_table=Markup(_settings(run).to_html(index=False)),
+        )
+    )
+    return {"md": write_text(out / "report.md", md), "html": write_text(out / "report.html", page)}
+
+
+def _environment(*, autoescape: bool) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("s2e_lens.reporting", "templates"),
+        autoescape=autoescape,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def _context(run: Run, rows: pd.DataFrame, lines: list[str], attention: bool) -> dict[str, Any]:
+    return {
+        "behaviour": run.behaviour,
+        "model": run.model["name"],
+        "config_model": run.config["model"],
+        "version": __version__,
+        "data_json": json.dumps(run.data),
+        "lines": lines,
+        "examples": run.examples,
+        "attention": attention,
+        "timings_json": json.dumps(run.timings),
+    }
+
+
+def _bold(line: str) -> str:
+    """Markdown **bold** as HTML, the rest escaped."""
+    parts = html.escape(line).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _matched(run: Run) -> pd.DataFrame:
+    table = run.comparison().table()
+    return table.map(_fmt) if not table.empty else table
+
+
+def _settings(run: Run) -> pd.DataFrame:
+    return pd.DataFrame([(k, str(run.config[k])) for k in SETTINGS if k in run.config], columns=["setting", "value"])
