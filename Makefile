@@ -34,7 +34,7 @@ export S2E_DATA
 # with a note. Without a browser, reports keep their interactive HTML figures.
 INSTALL_CHROMIUM ?= ask
 
-.PHONY: demo test install models browser clean-cache lock test-latest
+.PHONY: demo test lint coverage install models browser clean-cache lock test-latest
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -79,6 +79,16 @@ demo: models browser
 
 test: models browser
 	$(PY) -m pytest -q -ra
+
+# what CI runs before the tests: lint (ruff, with the formatter's check) and types (mypy)
+lint: install
+	$(VENV)/bin/ruff check s2e_lens tests
+	$(VENV)/bin/ruff format --check s2e_lens tests
+	$(VENV)/bin/mypy
+
+# the suite with line coverage of the package (term report; htmlcov/ for the details)
+coverage: models browser
+	$(PY) -m pytest -q -ra --cov=s2e_lens --cov-report=term --cov-report=html
 
 $(TOOLS)/.uv-$(UV_VERSION):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
