@@ -48,10 +48,13 @@ _LAZY = {
     "LoadedModel": "s2e_lens.models.loaded",
     "load_model": "s2e_lens.models.loading",
     "Run": "s2e_lens.core.run",
+    "save_control_vector": "s2e_lens.core.control_vector",
+    "load_control_vector": "s2e_lens.core.control_vector",
 }
 
 if TYPE_CHECKING:
     from s2e_lens.core.contrastive import ContrastiveSet, Pair
+    from s2e_lens.core.control_vector import load_control_vector, save_control_vector
     from s2e_lens.core.plan import EditPlan
     from s2e_lens.core.run import Run
     from s2e_lens.core.settings import EditSettings
@@ -123,9 +126,11 @@ __all__ = [
     "edited",
     "export_model",
     "generate",
+    "load_control_vector",
     "load_model",
     "orthogonalisation_plan",
     "revert",
     "revert_all",
+    "save_control_vector",
     "steered",
 ]

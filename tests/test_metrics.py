@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from s2e_lens.core import metrics as M
 from s2e_lens.core import comparison as C
+from s2e_lens.core import metrics as M
 from s2e_lens.core.comparison import Point
 
 

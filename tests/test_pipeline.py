@@ -46,7 +46,9 @@ def test_safety_pipeline_on_a_tiny_model(tiny_dirs: dict[str, Path], tmp_path: P
     out = result.save(tmp_path / "run")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["behaviour"] == "safety" and summary["data"]["split"] == "tune"
-    assert EditPlan.load(out / "best_plan").model["fingerprint"] == model.card.fingerprint == result.model["fingerprint"]
+    assert (
+        EditPlan.load(out / "best_plan").model["fingerprint"] == model.card.fingerprint == result.model["fingerprint"]
+    )
     assert (out / "results.csv").is_file() and (out / "matched_utility.json").is_file()
     assert model.applied_plans == []
 

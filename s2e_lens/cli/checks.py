@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from s2e_lens.cli.app import JsonOpt, ModelOpt, app, bench_app
+from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.registry import DEFAULT_MODEL
 
 
@@ -47,14 +48,31 @@ def bench_engine_cmd(
     n: Annotated[int, typer.Option(min=2, help="Samples per set (N); memory is also measured at 4N.")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     repeats: Annotated[int, typer.Option(min=1, help="Repeats per timing (best of).")] = 3,
+    config: Annotated[
+        str | None,
+        typer.Option(help="Instead of --model: random weights of a real model's shape, e.g. llama-3-8b."),
+    ] = None,
+    layers: Annotated[int | None, typer.Option(min=1, help="With --config: this many layers (a reduced run).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
 ) -> None:
-    """Time statistics extraction, the naive approach, edit computation, memory and inference.
+    """Time statistics extraction, the naive approach, edit computation, memory, inference,
+    apply/revert and export.
 
-    Example: OMP_WAIT_POLICY=PASSIVE s2e bench engine --n 64
+    Examples: OMP_WAIT_POLICY=PASSIVE s2e bench engine --n 64
+              s2e bench engine --config llama-3-8b --device cuda --dtype bfloat16
+              s2e bench engine --config llama-3-8b --layers 2 --dtype bfloat16 --n 8   (CPU, reduced)
     """
-    from s2e_lens.experiments.bench import bench_engine
+    from s2e_lens.experiments.bench import CONFIGS, ModelSpec, bench_engine
 
-    typer.echo("\n".join(bench_engine(model_name, n=n, batch_size=batch_size, repeats=repeats)))
+    if config is not None and config not in CONFIGS:
+        raise InvalidInputError(f"unknown --config {config!r}; known: {', '.join(CONFIGS)}")
+    if layers is not None and config is None:
+        raise InvalidInputError("--layers goes with --config (a packaged model has its own depth)")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise InvalidInputError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    spec = ModelSpec(model_name, config, layers, device, dtype)
+    typer.echo("\n".join(bench_engine(spec, n=n, batch_size=batch_size, repeats=repeats)))
 
 
 @app.command("doctor")

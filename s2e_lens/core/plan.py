@@ -17,6 +17,7 @@ from jaxtyping import Float
 
 from s2e_lens.core import edit_rule
 from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.storage import compute_dtype, stored
 from s2e_lens.errors import S2EError
 from s2e_lens.io import serialization
 
@@ -62,6 +63,11 @@ class EditPlan:
     model: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     variant: str = "steer2edit"  # or "orthogonalisation"
+
+    def __post_init__(self) -> None:
+        # stored on the CPU in float32 whatever the model's dtype and device (core.storage)
+        for name in TENSOR_FIELDS:
+            setattr(self, name, stored(getattr(self, name)))
 
     # ---------------------------------------------------------------- views
 
@@ -227,10 +233,13 @@ def compute_plan_from_tensors(
     """The pure core: weights, steering vectors and input means in, a plan out."""
     _check_vectors(v_attn, "v_attn", settings.rho_attn > 0)
     _check_vectors(v_mlp, "v_mlp", settings.rho_mlp > 0)
-    dtype = W_O.dtype
-    v_hat_attn = edit_rule.unit(v_attn.to(dtype))
-    v_hat_mlp = edit_rule.unit(v_mlp.to(dtype))
-    mu_z, mu_post = mu_z.to(dtype), mu_post.to(dtype)
+    # float32 (or wider) maths on the weights' device, whatever their dtype; the plan stores
+    # its tensors on the CPU in float32
+    dtype, device = compute_dtype(W_O.dtype), W_O.device
+    W_O, W_out = W_O.to(dtype), W_out.to(dtype)
+    v_hat_attn = edit_rule.unit(v_attn.to(device=device, dtype=dtype))
+    v_hat_mlp = edit_rule.unit(v_mlp.to(device=device, dtype=dtype))
+    mu_z, mu_post = mu_z.to(device=device, dtype=dtype), mu_post.to(device=device, dtype=dtype)
 
     head_g = edit_rule.head_importance(W_O, mu_z, v_hat_attn, settings.importance)
     head_k = edit_rule.head_directions(W_O, v_hat_attn, mu_z, settings.direction)

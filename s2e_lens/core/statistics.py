@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from s2e_lens.core.storage import stored
+
 POSITIONS_RULE = (
     "response-predicting positions [start-1, end-1) of each sample, start = token length of the "
     "rendered prompt; mean over positions within a sample, then over samples"
@@ -31,6 +33,10 @@ class SetMeans:
     post: Float[torch.Tensor, "layer d_mlp"]
     n_samples: int
     n_tokens: int  # response-predicting positions summed over samples
+
+    def __post_init__(self) -> None:
+        for name in ("attn_out", "mlp_out", "z", "post"):  # CPU float32 (core.storage)
+            setattr(self, name, stored(getattr(self, name)))
 
 
 @dataclass

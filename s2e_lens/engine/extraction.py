@@ -16,11 +16,14 @@ from tqdm.auto import tqdm
 
 from s2e_lens.core.contrastive import ContrastiveSet
 from s2e_lens.core.statistics import ContrastiveStatistics, SetMeans
+from s2e_lens.core.storage import accumulator_dtype, stored
+from s2e_lens.engine.batching import AUTO_START, BatchSize, largest_that_fits, resolve
 from s2e_lens.engine.hooks import Point, hook_name
 from s2e_lens.models.identity import model_identity
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import Batch, EncodedSample, encode_pairs, make_batches, pad_token_id
 
+DEFAULT_BATCH_SIZE = 8  # on the CPU
 STATISTICS: tuple[Point, ...] = ("attn_out", "mlp_out", "z", "post")  # hook points averaged per set
 
 
@@ -28,7 +31,7 @@ def collect_statistics(
     model: LoadedModel,
     data: ContrastiveSet,
     *,
-    batch_size: int = 8,
+    batch_size: BatchSize = None,
     padding_side: Literal["left", "right"] = "right",
     sort_by_length: bool = True,
     system: str | None = None,
@@ -38,7 +41,8 @@ def collect_statistics(
 
     ``sort_by_length`` batches samples of similar length together (less padding); the result
     does not depend on the order. ``padding_side`` does not change the numbers either (the
-    position ids count real tokens only).
+    position ids count real tokens only). ``batch_size``: 8 on the CPU; on accelerators "auto",
+    the largest that fits (halved after an out-of-memory error).
     """
     tok = model.tokenizer
     pad_id = pad_token_id(tok)
@@ -49,12 +53,15 @@ def collect_statistics(
     for side, samples in encoded.items():
         for i, sample in enumerate(samples):
             model.check_context(sample.end, f"{side} pair {i}")
-    plans = {
-        side: make_batches(_order(samples, sort_by_length), batch_size, pad_id, padding_side=padding_side)
-        for side, samples in encoded.items()
-    }
+    size = resolve(batch_size, model.device, DEFAULT_BATCH_SIZE)
+    ordered = {side: _order(samples, sort_by_length) for side, samples in encoded.items()}
+
+    def batches(side: str, n: int) -> list[Batch]:
+        return make_batches(ordered[side], n, pad_id, padding_side=padding_side)
+
+    start = size if size != "auto" else min(AUTO_START, max(len(s) for s in encoded.values()))
     bar = tqdm(
-        total=sum(len(b) for b in plans.values()),
+        total=sum(len(batches(side, start)) for side in encoded),
         desc="statistics",
         unit="batch",
         disable=not progress,
@@ -62,11 +69,18 @@ def collect_statistics(
     )
     means = {}
     with bar:
-        for side, batches in plans.items():
-            sums = _stream(model, batches, on_batch=lambda: bar.update(1))
+        for side in encoded:
+
+            def one_pass(n: int, side: str = side) -> dict[str, torch.Tensor]:
+                return _stream(model, batches(side, n), on_batch=lambda: bar.update(1))
+
+            if size == "auto":
+                sums, start = largest_that_fits(one_pass, start, what="statistics extraction")
+            else:
+                sums = one_pass(size)
             n = len(encoded[side])
             means[side] = SetMeans(
-                **{k: (v / n).to(torch.float32) for k, v in sums.items()},
+                **{k: stored(v / n) for k, v in sums.items()},
                 n_samples=n,
                 n_tokens=sum(s.n_response for s in encoded[side]),
             )
@@ -87,7 +101,8 @@ def _order(samples: list[EncodedSample], by_length: bool) -> list[EncodedSample]
 
 
 def _stream(model: LoadedModel, batches: Sequence[Batch], on_batch: Callable[[], None]) -> dict[str, torch.Tensor]:
-    """Sum of per-sample means of every hooked activation over ``batches`` (float64)."""
+    """Sum of per-sample means of every hooked activation over ``batches``, accumulated on the
+    model's device in float64 (float32 on MPS)."""
     card = model.card
     L = card.n_layers
     shapes = {
@@ -96,7 +111,8 @@ def _stream(model: LoadedModel, batches: Sequence[Batch], on_batch: Callable[[],
         "z": (L, card.n_heads, card.d_head),
         "post": (L, card.d_mlp),
     }
-    sums = {k: torch.zeros(shape, dtype=torch.float64, device=model.device) for k, shape in shapes.items()}
+    acc = accumulator_dtype(model.device)  # float64 where the device has it, whatever the model's dtype
+    sums = {k: torch.zeros(shape, dtype=acc, device=model.device) for k, shape in shapes.items()}
     current: dict[str, torch.Tensor] = {}
 
     def make_hook(kind: str, layer: int) -> Callable[..., None]:

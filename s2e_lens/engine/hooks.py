@@ -44,8 +44,13 @@ def hook_name(point: Point, layer: int) -> str:
 def shift_hook(shift: Float[torch.Tensor, " d_model"]) -> Callable[..., torch.Tensor]:
     """A hook that adds the fixed vector ``shift`` to its activation at every position."""
 
+    cast: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # the shift per device and dtype, made once
+
     def add(out: torch.Tensor, hook: object) -> torch.Tensor:
-        return out + shift.to(device=out.device, dtype=out.dtype)
+        key = (out.device, out.dtype)
+        if key not in cast:
+            cast[key] = shift.to(device=out.device, dtype=out.dtype)
+        return out + cast[key]
 
     return add
 

@@ -17,6 +17,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from s2e_lens.core.plan import EditPlan
+from s2e_lens.core.storage import compute_dtype
 from s2e_lens.errors import InvalidInputError, S2EError
 from s2e_lens.models.identity import check_identity
 from s2e_lens.models.loaded import LoadedModel
@@ -220,7 +221,11 @@ def apply_plan(
             module = output_projection(model, kind, layer)
             weight = _weight(module)
             saved[(kind, layer)] = weight.detach().clone()
-            weight.add_(_to_layout(delta, module).to(device=weight.device, dtype=weight.dtype))
+            # one rounding: the update is added in float32 (or wider) on the weight's device,
+            # and the sum is cast to the weight's dtype once
+            wide = compute_dtype(weight.dtype)
+            update = _to_layout(delta, module).to(device=weight.device, dtype=wide)
+            weight.copy_((weight.to(wide) + update).to(weight.dtype))
     applied = AppliedPlan(plan=plan, model=model, saved=saved, conflicts=conflicts)
     model.applied_plans.append(applied)
     return applied

@@ -12,6 +12,7 @@ from s2e_lens.core import edit_rule
 from s2e_lens.core.plan import EditPlan, PlanError, _check_vectors, compute_plan_from_tensors
 from s2e_lens.core.settings import EditSettings
 from s2e_lens.core.statistics import ContrastiveStatistics
+from s2e_lens.core.storage import compute_dtype
 from s2e_lens.models.identity import check_identity, model_identity
 from s2e_lens.models.loaded import LoadedModel
 
@@ -82,9 +83,9 @@ def orthogonalisation_plan(
     the dense, uniform special case of the rank-1 form. A single ``[d_model]`` direction is
     used at every layer.
     """
-    W_O, W_out = model_weights(model)
+    W_O, W_out = (w.to(compute_dtype(w.dtype)) for w in model_weights(model))
     L = W_O.shape[0]
-    r = direction.to(W_O.dtype)
+    r = direction.to(device=W_O.device, dtype=W_O.dtype)
     r = r.expand(L, -1) if r.ndim == 1 else r
     _check_vectors(r, "direction", True)
     r_hat = edit_rule.unit(r)

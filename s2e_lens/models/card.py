@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -30,10 +30,14 @@ class ModelCard:
     source_kind: str  # "packaged" | "local" | "hub" | "in-memory"
     source_sha256: str | None  # of the original weight file, where known
     checkpoint: str | None  # directory the weights were loaded from
-    fingerprint: str  # hash of a strided sample of every tensor Steer2Edit never edits
+    fingerprint: str  # hash of a strided sample of every never-edited tensor (same in float32 and bfloat16)
     license: str | None = None
     note: str = ""
     context_length: int | None = None  # the longest sequence the model takes (position embeddings)
+    # the device_map the weights were placed with (names and directories), as given
+    device_map: str | dict[str, str] | None = None
+    # a few sampled values per never-edited tensor: identifies the same weights in another dtype
+    signature: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def n_heads_total(self) -> int:

