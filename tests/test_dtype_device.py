@@ -265,3 +265,48 @@ def test_bad_input_is_refused_and_the_model_left_alone(tiny_dirs: dict[str, Path
     with pytest.raises(IdentityMismatchError):
         apply_plan(llama, plan)
     assert all(torch.equal(a, b) for a, b in zip(weights(llama), before, strict=True))
+
+
+def test_the_llama_3_8b_benchmark_shape() -> None:
+    from transformers import AutoConfig
+
+    from s2e_lens.experiments.bench import CONFIGS, ModelSpec
+
+    settings = dict(CONFIGS["llama-3-8b"])
+    cfg = AutoConfig.for_model(settings.pop("model_type"), **settings)
+    heads = cfg.num_hidden_layers * cfg.num_attention_heads
+    neurons = cfg.num_hidden_layers * cfg.intermediate_size
+    assert (cfg.hidden_size, cfg.hidden_size // cfg.num_attention_heads) == (4096, 128)
+    assert (heads, neurons) == (1_024, 458_752)  # the "all 1,024 heads and 458,752 neurons"
+    spec = ModelSpec(config="llama-3-8b", layers=2, dtype="bfloat16")
+    assert ModelSpec.from_args(spec.args()) == spec and spec.label == "random llama-3-8b, 2 of 32 layers"
+
+
+# ---------------------------------------------------------------- the same on a GPU (skipped without one)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", FAMILIES)
+def test_whole_path_on_tiny_models_on_cuda(family: str, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    model = s2e.load_model(tiny_dirs[family], device="cuda", dtype=torch.bfloat16, progress=False)
+    assert model.device.type == "cuda"
+    whole_path(model, tiny_set(4), s2e.EditSettings(rho_attn=0.5, rho_mlp=0.5), tmp_path)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_whole_path_on_the_default_model_on_cuda(tmp_path: Path) -> None:
+    model = s2e.load_model(device="cuda", dtype=torch.bfloat16, progress=False)
+    whole_path(model, safety_set(), s2e.EditSettings(rho_attn=0.15), tmp_path)
+
+
+@pytest.mark.cuda
+def test_a_plan_made_on_cpu_applies_on_cuda_with_one_rounding(tiny_dirs: dict[str, Path]) -> None:
+    cpu = s2e.load_model(tiny_dirs["llama"], progress=False)
+    plan = s2e.compute_plan(cpu, s2e.collect_statistics(cpu, tiny_set(3), progress=False), s2e.EditSettings(0.5))
+    gpu = s2e.load_model(tiny_dirs["llama"], device="cuda", dtype=torch.bfloat16, progress=False)
+    W_O = gpu.bridge.W_O.detach().clone()
+    with s2e.edited(gpu, plan):
+        expected = (W_O.float() + plan.delta_W_O().to("cuda")).to(torch.bfloat16)
+        assert torch.equal(gpu.bridge.W_O.detach(), expected)
+    assert torch.equal(gpu.bridge.W_O.detach(), W_O)

@@ -72,7 +72,7 @@ def bench_engine_cmd(
     if dtype not in ("float32", "bfloat16", "float16"):
         raise InvalidInputError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
     spec = ModelSpec(model_name, config, layers, device, dtype)
-    typer.echo("\n".join(bench_engine(spec, n=n, batch_size=batch_size, repeats=repeats)))
+    bench_engine(spec, n=n, batch_size=batch_size, repeats=repeats, emit=typer.echo)  # each line as measured
 
 
 @app.command("doctor")

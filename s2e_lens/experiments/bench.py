@@ -188,10 +188,27 @@ def random_model(config: str, layers: int | None, dtype: Any, device: str) -> tu
     return model.eval(), tokenizer
 
 
+class _Lines(list[str]):
+    """The figures so far; each is also handed to ``emit`` as soon as it is measured."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        super().__init__()
+        self.emit = emit
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        self.emit(line)
+
+
 def bench_engine(
-    name: str | ModelSpec = "smollm2-135m-instruct", n: int = 64, batch_size: int = 8, repeats: int = 3
+    name: str | ModelSpec = "smollm2-135m-instruct",
+    n: int = 64,
+    batch_size: int = 8,
+    repeats: int = 3,
+    emit: Callable[[str], None] = lambda line: None,
 ) -> list[str]:
-    """The engine's performance figures on one model, measured in one run."""
+    """The engine's performance figures on one model, measured in one run (``emit`` gets each
+    line as soon as it is measured)."""
     import torch
 
     from s2e_lens.core.plan import compute_plan_from_tensors
@@ -213,10 +230,11 @@ def bench_engine(
     device = model.device
     cuda = device.type == "cuda"
     where = torch.cuda.get_device_name(device) if cuda else f"CPU, torch threads {torch.get_num_threads()}"
-    lines = [
+    lines = _Lines(emit)
+    lines.append(
         f"model {card.name}: {card.n_layers} layers, {card.n_heads_total} heads, "
         f"{card.n_neurons_total:,} neurons, {card.dtype}; {n}+{n} samples, batch {batch_size}; {where}"
-    ]
+    )
 
     def sync() -> None:
         if cuda:
@@ -373,7 +391,7 @@ def bench_engine(
         f"apply + revert {t_apply * 1e3:.1f} ms ({plan.n_edited['heads']} heads, {plan.n_edited['neurons']:,} "
         f"neurons); export of the edited model {t_export:.1f} s"
     )
-    return lines
+    return list(lines)
 
 
 def _peak_cuda(model: LoadedModel, n: int, batch_size: int) -> dict[str, float]:
