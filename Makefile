@@ -56,7 +56,7 @@ models: install
 	set -e; for m in $(MODELS); do $(S2E) models pull $$m; done
 
 browser: install
-	@if $(PY) -c "from s2e_lens.figures import can_export_static as ok; raise SystemExit(not ok())"; then \
+	@if $(PY) -c "from s2e_lens.reporting.figures import can_export_static as ok; raise SystemExit(not ok())"; then \
 	    echo "static figures: kaleido finds a browser"; exit 0; fi; \
 	answer=$(INSTALL_CHROMIUM); \
 	if [ "$$answer" = ask ]; then \
@@ -70,7 +70,7 @@ browser: install
 	echo "static figures: installing Debian's chromium ($${sudo:+$$sudo }apt-get install chromium)"; \
 	$$sudo apt-get install -y -q --no-install-recommends chromium >/dev/null \
 	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
-	$(PY) -c "from s2e_lens.figures import can_export_static as ok; raise SystemExit(not ok())" \
+	$(PY) -c "from s2e_lens.reporting.figures import can_export_static as ok; raise SystemExit(not ok())" \
 	    && echo "static figures: chromium installed and working"
 
 demo: models browser
