@@ -59,9 +59,10 @@ def bench_engine_cmd(
     """Time statistics extraction, the naive approach, edit computation, memory, inference,
     apply/revert and export.
 
-    Examples: OMP_WAIT_POLICY=PASSIVE s2e bench engine --n 64
-              s2e bench engine --config llama-3-8b --device cuda --dtype bfloat16
-              s2e bench engine --config llama-3-8b --layers 2 --dtype bfloat16 --n 8   (CPU, reduced)
+    A real model's shape with random weights: --config llama-3-8b --device cuda --dtype bfloat16
+    (on a CPU, a reduced run: --config llama-3-8b --layers 2 --n 4 --batch-size 4).
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench engine --n 64
     """
     from s2e_lens.experiments.bench import CONFIGS, ModelSpec, bench_engine
 
