@@ -8,6 +8,7 @@ runs the transformer body only (no unembedding: logits are not needed).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -61,7 +62,7 @@ def collect_statistics(
 
     start = size if size != "auto" else min(AUTO_START, max(len(s) for s in encoded.values()))
     bar = tqdm(
-        total=sum(len(batches(side, start)) for side in encoded),
+        total=sum(math.ceil(len(samples) / start) for samples in encoded.values()),  # batches, counted
         desc="statistics",
         unit="batch",
         disable=not progress,

@@ -361,8 +361,8 @@ def _boot(
     n_params = count_parameters(model)
     state = _transformers_state(model)
     hf_keys = tuple(state)
-    _check_edited_weights_are_real(state, family)
     edited_suffixes = (f".{family.attn_out}.weight", f".{family.mlp_out}.weight")
+    _check_edited_weights_are_real(state, edited_suffixes)
     never_edited = lambda key: not key.endswith(edited_suffixes)  # noqa: E731
     fingerprint = weights_fingerprint(state, never_edited)
     signature = tuple(weights_signature(state, never_edited))
@@ -414,10 +414,9 @@ def _transformers_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     return {key: wrapped[key] for key in own if key in wrapped}
 
 
-def _check_edited_weights_are_real(state: dict[str, torch.Tensor], family: Family) -> None:
-    """Refuse a placement that leaves output projections without data (meta, or offloaded to
-    disk by accelerate): edits are written into those weights."""
-    edited_suffixes = (f".{family.attn_out}.weight", f".{family.mlp_out}.weight")
+def _check_edited_weights_are_real(state: dict[str, torch.Tensor], edited_suffixes: tuple[str, ...]) -> None:
+    """Refuse a placement that leaves output projections (the keys ending in ``edited_suffixes``)
+    without data (meta, or offloaded to disk by accelerate): edits are written into those weights."""
     missing = [k for k, v in state.items() if k.endswith(edited_suffixes) and v.device.type == "meta"]
     if missing:
         raise InvalidInputError(

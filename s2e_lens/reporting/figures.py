@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -549,21 +548,17 @@ BROWSER_HINT = (
 def static_image(fig: go.Figure, fmt: str = "png", *, scale: float = 2.0, attempts: int = 2) -> bytes:
     """The figure as PNG/SVG bytes. A JavaScript error from a browser that was slow to load
     kaleido's page (seen on a busy machine: "kaleido_scopes is not defined") is tried again."""
-    for attempt in range(attempts):
+    for attempt in range(1, attempts + 1):
         try:
             return fig.to_image(format=fmt, scale=scale)
         except Exception as err:  # kaleido raises several types when Chrome is missing
-            if type(err).__name__ == "JavascriptError" and attempt + 1 < attempts:
+            if type(err).__name__ == "JavascriptError" and attempt < attempts:
                 continue
-            _static_failed(fmt, err)
-    raise AssertionError("unreachable")
-
-
-def _static_failed(fmt: str, err: Exception) -> NoReturn:
-    raise StaticExportError(
-        f"static {fmt} export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-        f"{BROWSER_HINT[0].upper()}{BROWSER_HINT[1:]}; or save as .html instead"
-    ) from None
+            raise StaticExportError(
+                f"static {fmt} export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                f"{BROWSER_HINT[0].upper()}{BROWSER_HINT[1:]}; or save as .html instead"
+            ) from None
+    raise StaticExportError(f"static {fmt} export was not attempted (attempts={attempts}); use attempts >= 1")
 
 
 def can_export_static() -> bool:
