@@ -22,9 +22,12 @@ import s2e_lens as s2e
 from s2e_lens.core.control_vector import load_control_vector, save_control_vector
 from s2e_lens.core.vectors import SteeringVectors, VectorMismatchError
 from s2e_lens.engine import extraction
+from s2e_lens.engine import scoring as s2e_scoring
+from s2e_lens.engine.batching import OutOfMemoryError
 from s2e_lens.engine.generation import GenerationSettings, generate
 from s2e_lens.engine.mapper import apply_plan
 from s2e_lens.errors import InvalidInputError
+from s2e_lens.experiments import health
 from s2e_lens.io.files import OutputError
 from s2e_lens.models.identity import IdentityMismatchError
 from s2e_lens.models.loaded import LoadedModel
@@ -73,7 +76,20 @@ def whole_path(model: LoadedModel, data: s2e.ContrastiveSet, settings: s2e.EditS
 def test_whole_path_on_the_default_model(dtype: torch.dtype, tmp_path: Path) -> None:
     model = s2e.load_model(dtype=dtype, progress=False)
     assert model.card.dtype == str(dtype).removeprefix("torch.")
+    assert health.preflight(model).ok  # what every run checks first: cached decoding, known answers
     whole_path(model, safety_set(), s2e.EditSettings(rho_attn=0.15), tmp_path)
+
+
+def test_a_decoding_tie_is_judged_at_the_dtypes_rounding() -> None:
+    """Cached and uncached decoding may part where the top two logits tie within the dtype's
+    rounding (bfloat16: a few 1/128ths of the logits' scale), never by a real margin."""
+    parted = health.DecodingComparison("p", [1], [2], first_difference=0, margin=0.125, scale=25.0)
+    bf16, f32 = (4 * torch.finfo(d).eps for d in (torch.bfloat16, torch.float32))
+    assert parted.agrees(1e-3, bf16)  # 0.125 <= 4 * 2**-7 * 25 = 0.78
+    assert not parted.agrees(1e-3, f32)  # float32 rounds at 1e-5 of that scale
+    broken = health.DecodingComparison("p", [1], [2], first_difference=1, margin=15.1, scale=25.0)
+    assert not broken.agrees(1e-3, bf16)  # the broken stack's margin (issue 10)
+    assert health.DecodingComparison("p", [1], [1], None, 0.0).agrees(0.0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -236,6 +252,56 @@ def test_auto_batch_size_halves_on_out_of_memory(tiny_dirs: dict[str, Path], mon
     auto = s2e.collect_statistics(model, data, batch_size="auto", progress=False)
     assert seen[:3] == [6, 3, 1]  # 6 samples per side: 6, then 3, then 1 fits
     torch.testing.assert_close(auto.positive.z, fixed.positive.z, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_batches_for_generation_and_scoring_halve_and_match(
+    tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Generation and scoring with batch_size="auto": a batch too big is retried in halves, the
+    smaller size is kept, and the results equal one-at-a-time runs (padding changes nothing)."""
+    model = s2e.load_model(tiny_dirs["llama"], progress=False)
+    prompts = [f"Tell me about item {i} " * (1 + i % 3) for i in range(5)]
+    pairs = [(model.tokenizer(p)["input_ids"], model.tokenizer(" and so on")["input_ids"]) for p in prompts]
+    one_by_one = generate(model, prompts, GenerationSettings(max_new_tokens=4, batch_size=1))
+    scored_alone = s2e_scoring.score_continuations(model, pairs, batch_size=1)
+    sizes: list[int] = []
+    hf = model.hf_model
+    original_generate, original_forward = hf.generate, hf.forward
+
+    def tight(original):  # type: ignore[no-untyped-def]
+        def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            sizes.append(kwargs["input_ids"].shape[0])
+            if sizes[-1] > 2:
+                raise torch.OutOfMemoryError("pretend: too big")
+            return original(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(hf, "generate", tight(original_generate))
+    auto = generate(model, prompts, GenerationSettings(max_new_tokens=4, batch_size="auto"))
+    assert sizes == [5, 2, 2, 1]  # 5 fails, halves to 2, keeps 2 for the rest
+    assert [g.token_ids for g in auto] == [g.token_ids for g in one_by_one]
+    sizes.clear()
+    monkeypatch.setattr(hf, "forward", tight(original_forward))
+    scored = s2e_scoring.score_continuations(model, pairs, batch_size="auto")
+    assert sizes == [5, 2, 2, 1]
+    for a, b in zip(scored, scored_alone, strict=True):
+        assert a.n_tokens == b.n_tokens and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+def test_a_fixed_batch_size_that_does_not_fit_names_the_fix(
+    tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = s2e.load_model(tiny_dirs["llama"], progress=False)
+
+    def oom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise torch.OutOfMemoryError("pretend")
+
+    monkeypatch.setattr(model.hf_model, "generate", oom)
+    with pytest.raises(OutOfMemoryError, match="smaller batch size or 'auto'"):
+        generate(model, ["Hi"], GenerationSettings(max_new_tokens=2, batch_size=4))
+    with pytest.raises(OutOfMemoryError, match="even one sample at a time"):
+        generate(model, ["Hi"], GenerationSettings(max_new_tokens=2, batch_size="auto"))
 
 
 # ---------------------------------------------------------------- bad input

@@ -45,6 +45,8 @@ def run_dir(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
         "--skip-answer-check",
         "--max-degenerate",
         "1",
+        "--dtype",
+        "bfloat16",  # the whole run and its report in bfloat16 (issue 13)
         "--json",
     )
     assert Path(doc["report"]) == out / "report.html"
@@ -54,6 +56,7 @@ def run_dir(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 def test_run_writes_a_complete_report(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["keep_edits"] == 3 and summary["config"]["gammas"] == [0.5, 1.0, 2.0]
+    assert summary["config"]["dtype"] == "bfloat16" and summary["model"]["dtype"] == "torch.bfloat16"
     html = (run_dir / "report.html").read_text()
     md = (run_dir / "report.md").read_text()
     for text in (html, md):
@@ -152,6 +155,58 @@ def test_extract_edit_export_eval_blocks(tiny_dirs: dict[str, Path], tmp_path: P
         "--json",
     )
     assert base_row["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_blocks_in_bfloat16_through_a_device_map(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """extract -> edit -> export -> eval with --dtype bfloat16 and --device-map: the exported
+    checkpoint is bfloat16 and holds each edited weight as one rounding of (weight + update)."""
+    model_dir = str(tiny_dirs["llama"])
+    where = ["--model", model_dir, "--dtype", "bfloat16", "--device-map", '{"": "cpu"}']
+    invoke("extract", "safety", *where, "--out", str(tmp_path / "x"), "--json")
+    stats = ContrastiveStatistics.load(tmp_path / "x" / "statistics")
+    assert stats.positive.z.dtype == torch.float32  # stored as float32 whatever the model's dtype
+    invoke("edit", str(tmp_path / "x" / "statistics.safetensors"), *where, "--rho-attn", "0.3",
+           "--out", str(tmp_path / "plan"), "--export", str(tmp_path / "exp"), "--json")  # fmt: skip
+    plan = EditPlan.load(tmp_path / "plan")
+    assert plan.n_edited["heads"] > 0
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exp", dtype="auto")
+    base = load_model(model_dir, dtype=torch.bfloat16, progress=False)
+    o_proj = exported.model.layers[0].self_attn.o_proj.weight
+    assert o_proj.dtype == torch.bfloat16
+    original = base.hf_model.model.layers[0].self_attn.o_proj.weight.detach()
+    expected = (original.float() + plan.delta_W_O()[0].reshape(original.T.shape).T).to(torch.bfloat16)
+    assert torch.equal(o_proj, expected)
+    row = invoke("eval", "safety", *where, "--plan", str(tmp_path / "plan.safetensors"), "--n-eval", "2",
+                 "--n-mc", "1", "--data-dir", str(SHARED), "--skip-answer-check", "--json")  # fmt: skip
+    assert 0 <= row["attribute"] <= 1 and row["kl"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dtype", "int8"], "dtype 'int8' is not supported"),
+        (["--device", "cuda:7"], "device 'cuda:7'"),
+        (["--device", "toaster"], "is not a torch device"),
+        (["--device-map", "everywhere"], "neither a strategy"),
+        (["--device-map", "[1, 2]"], "must map module names to devices"),
+        (["--device", "cpu", "--device-map", "auto"], "not both"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["run", "safety"], ["sweep", "safety"], ["eval", "safety"], ["extract", "safety"], ["chat", "hi"]],
+    ids=lambda c: c[0],
+)
+def test_bad_placement_is_refused_before_any_work(
+    command: list[str], args: list[str], message: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if command[0] in ("run", "sweep", "extract") else []
+    result = runner.invoke(app, [*command, *args, *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not out.exists()
 
 
 def test_plot_and_compare(run_dir: Path, tmp_path: Path) -> None:

@@ -87,8 +87,32 @@ AnswerCheckOpt = Annotated[
         "that cannot, e.g. one trained on code).",
     ),
 ]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option("--dtype", help="Weights' dtype: float32 (the default), bfloat16 or float16."),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help="Where the model runs: cpu (the default), cuda, cuda:1, mps."),
+]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="Spread the model over devices with accelerate (instead of --device): auto, balanced, "
+        'sequential, a JSON object such as \'{"model.layers.0": 0, "": "cpu"}\', or a JSON file.',
+    ),
+]
 BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
+
+
+def placement(dtype: str | None, device: str | None, device_map: str | None) -> dict[str, Any]:
+    """``load_model``'s keywords from ``--dtype``, ``--device`` and ``--device-map``, checked
+    before any model loads."""
+    from s2e_lens.models.loading import placement_from_text
+
+    return placement_from_text(dtype, device, device_map)
 
 
 def check_data_dir(directory: str | None) -> None:

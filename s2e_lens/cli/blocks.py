@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from s2e_lens.cli.app import DataDirOpt, JsonOpt, ModelOpt, OutOpt, OverwriteOpt, app, check_data_dir
+from s2e_lens.cli.app import (
+    DataDirOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    OutOpt,
+    OverwriteOpt,
+    app,
+    check_data_dir,
+    placement,
+)
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.io.files import OutputError, check_output
 from s2e_lens.models.registry import DEFAULT_MODEL
@@ -18,6 +30,9 @@ from s2e_lens.models.registry import DEFAULT_MODEL
 def extract_cmd(
     behaviour: Annotated[str, typer.Argument(help="safety, truthfulness, concise, or custom (with --data)")],
     model_name: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     out: OutOpt = "runs/extract",
     data: Annotated[str | None, typer.Option(help="custom: a JSONL of prompt, response, label rows.")] = None,
     data_dir: DataDirOpt = None,
@@ -38,6 +53,7 @@ def extract_cmd(
 
     if behaviour not in names():
         raise InvalidInputError(f"unknown behaviour {behaviour!r}: use {', '.join(names())} (custom with --data)")
+    where = placement(dtype, device, device_map)
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"--out {out} is a file; give a directory for the statistics and vectors")
@@ -49,7 +65,7 @@ def extract_cmd(
         data_set = by_name(behaviour, data=data)
     else:
         check_data_dir(data_dir)
-    model = load_model(model_name, progress=False)
+    model = load_model(model_name, progress=False, **where)
     data_set = data_set or by_name(behaviour, model=model, data=data, data_dir=data_dir)
     stats = collect_statistics(model, data_set, batch_size=batch_size, progress=not as_json)
     vectors = SteeringVectors.from_statistics(stats)
@@ -86,6 +102,9 @@ def extract_cmd(
 def edit_cmd(
     source: Annotated[str, typer.Argument(help="statistics.safetensors (compute a plan) or a saved plan (apply it).")],
     model_name: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     rho_attn: Annotated[
         float | None,
         typer.Option(help="Attention budget (<= 0: no head edits). Default: EditSettings().rho_attn (0.15)."),
@@ -124,6 +143,7 @@ def edit_cmd(
     from s2e_lens.io.serialization import check_save_target, kind_of
     from s2e_lens.models.loading import load_model
 
+    where = placement(dtype, device, device_map)
     kind = kind_of(source)
     if kind not in ("contrastive_statistics", "edit_plan"):
         raise InvalidInputError(f"{source} holds {kind!r}; give statistics (from s2e extract) or an edit plan")
@@ -150,11 +170,11 @@ def edit_cmd(
         check_output(export, kind="dir", overwrite=overwrite, inputs=(source,), what="export directory")
     if kind == "contrastive_statistics":
         stats = ContrastiveStatistics.load(source)
-        model = load_model(model_name, progress=False)
+        model = load_model(model_name, progress=False, **where)
         plan = compute_plan(model, stats, edit_settings)
     else:
         plan = EditPlan.load(source)
-        model = load_model(model_name, progress=False)
+        model = load_model(model_name, progress=False, **where)
     before = [g.text for g in generate(model, prompt, settings)] if prompt else []
     apply_plan(model, plan, force=force)
     after = [g.text for g in generate(model, prompt, settings)] if prompt else []
@@ -244,6 +264,9 @@ def export_cmd(
     plan: Annotated[str, typer.Argument(help="A saved edit plan (.safetensors).")],
     out: OutOpt = "exported",
     model_name: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")
     ] = False,
@@ -259,9 +282,10 @@ def export_cmd(
     from s2e_lens.models.export import export_model
     from s2e_lens.models.loading import load_model
 
+    where = placement(dtype, device, device_map)
     check_output(out, kind="dir", overwrite=overwrite, inputs=(plan,), what="export directory")
     p = EditPlan.load(plan)
-    model = load_model(model_name, progress=False)
+    model = load_model(model_name, progress=False, **where)
     apply_plan(model, p, force=force)
     path = export_model(model, out, overwrite=overwrite)
     typer.echo(

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from s2e_lens.cli.app import JsonOpt, ModelOpt, app, models_app
+from s2e_lens.cli.app import DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, app, models_app, placement
 from s2e_lens.errors import S2EError
 from s2e_lens.models.registry import DEFAULT_MODEL, PACKAGED_MODELS, packaged_model
 
@@ -79,14 +79,20 @@ def models_pull(
 
 
 @models_app.command("show")
-def models_show(name: Annotated[str, typer.Argument()] = DEFAULT_MODEL, as_json: JsonOpt = False) -> None:
+def models_show(
+    name: Annotated[str, typer.Argument()] = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Load a model and print its card (architecture, shapes, parameters, weight source).
 
     Example: s2e models show smollm2-135m-instruct
     """
     from s2e_lens.models.loading import load_model
 
-    model = load_model(name, progress=False)
+    model = load_model(name, progress=False, **placement(dtype, device, device_map))
     typer.echo(json.dumps(model.card.to_dict(), indent=2) if as_json else str(model.card))
 
 
@@ -94,6 +100,9 @@ def models_show(name: Annotated[str, typer.Argument()] = DEFAULT_MODEL, as_json:
 def chat(
     prompt: Annotated[str, typer.Argument(help="The user message.")],
     model_name: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate at most.")] = 64,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
     card: Annotated[bool, typer.Option("--card", help="Print the model card first.")] = False,
@@ -107,8 +116,9 @@ def chat(
     from s2e_lens.models.loading import load_model
 
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature)
+    where = placement(dtype, device, device_map)
     started = time.perf_counter()
-    model = load_model(model_name, progress=False)
+    model = load_model(model_name, progress=False, **where)
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     [answer] = generate(model, [prompt], settings)

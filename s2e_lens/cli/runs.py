@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,12 +14,16 @@ from s2e_lens.cli.app import (
     AnswerCheckOpt,
     BehaviourArg,
     DataDirOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
     JsonOpt,
     MaxDegenerateOpt,
     ModelOpt,
     OverwriteOpt,
     app,
     check_data_dir,
+    placement,
 )
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.experiments.config import RunConfig
@@ -36,6 +40,12 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
         raise InvalidInputError(f"{name} must be comma-separated numbers, got {text!r}") from None
 
 
+def _where(dtype: str | None, device: str | None, device_map: str | None) -> dict[str, Any]:
+    """The placement options given, as RunConfig fields (checked there)."""
+    given = {"dtype": dtype, "device": device, "device_map": device_map}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _listed(values: tuple[float, ...]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
@@ -44,6 +54,9 @@ def _listed(values: tuple[float, ...]) -> str:
 def sweep_cmd(
     behaviour: Annotated[str, typer.Argument(help="safety or truthfulness")] = "safety",
     model_name: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "runs/sweep",
     gammas: Annotated[str, typer.Option(help="Steering gammas, comma-separated.")] = _listed(DEFAULTS.gammas),
     rho_attn: Annotated[str, typer.Option(help="Attention budgets (<= 0: off).")] = _listed(DEFAULTS.rho_attn),
@@ -85,6 +98,7 @@ def sweep_cmd(
         data_dir=data_dir,
         check_answers=answer_check,
         max_degenerate=max_degenerate,
+        **_where(dtype, device, device_map),
     )
     check_data_dir(data_dir)
     check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
@@ -118,6 +132,9 @@ def sweep_cmd(
 def run_cmd(
     behaviour: BehaviourArg = "safety",
     model_name: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Output directory (default runs/BEHAVIOUR-MODEL).")
     ] = None,
@@ -150,6 +167,7 @@ def run_cmd(
         check_answers=answer_check,
         max_degenerate=max_degenerate,
         **overrides,
+        **_where(dtype, device, device_map),
     )
     check_data_dir(data_dir)
     target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
@@ -181,6 +199,9 @@ def run_cmd(
 def eval_cmd(
     behaviour: BehaviourArg = "safety",
     model_name: ModelOpt = DEFAULT_MODEL,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     plan: Annotated[str | None, typer.Option(help="Evaluate with this edit plan applied.")] = None,
     vectors: Annotated[str | None, typer.Option(help="Steering vectors (with --gamma).")] = None,
     gamma: Annotated[float, typer.Option(help="Steering strength for --vectors.")] = 1.0,
@@ -208,12 +229,13 @@ def eval_cmd(
 
     if plan and vectors:
         raise InvalidInputError("give --plan or --vectors, not both")
+    where = placement(dtype, device, device_map)
     config = RunConfig.preset(behaviour, "quick", model=model_name, n_eval=n_eval, n_mc=n_mc, data_dir=data_dir)
     check_data_dir(data_dir)
     gamma = interventions.check_gamma(gamma)
     edit_plan = EditPlan.load(plan) if plan else None
     steering_vectors = SteeringVectors.load(vectors) if vectors else None
-    model = load_model(model_name, progress=False)
+    model = load_model(model_name, progress=False, **where)
     health.preflight(model, known=answer_check)
     suite = get(behaviour).suite(model, config.suite_size())  # type: ignore[misc]
     if edit_plan is not None:

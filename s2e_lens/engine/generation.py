@@ -15,9 +15,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationMixin
 
+from s2e_lens.engine.batching import BatchSize, in_chunks, resolve
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import encode_prompt, pad
+
+DEFAULT_BATCH_SIZE = 16  # on the CPU
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class GenerationSettings:
     top_p: float = 1.0
     n: int = 1  # samples per prompt (must be 1 when greedy)
     seed: int | None = 0
-    batch_size: int = 16
+    batch_size: BatchSize = None  # 16 on the CPU; "auto" (largest that fits) on accelerators
     system: str | None = None
 
     def __post_init__(self) -> None:
@@ -41,8 +44,7 @@ class GenerationSettings:
             raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.n < 1 or (self.temperature == 0 and self.n != 1):
             raise InvalidInputError(f"n must be 1 for greedy decoding and >= 1 when sampling, got {self.n}")
-        if self.batch_size < 1:
-            raise InvalidInputError(f"batch_size must be >= 1, got {self.batch_size}")
+        resolve(self.batch_size, torch.device("cpu"), DEFAULT_BATCH_SIZE)  # checks it
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,10 @@ def generate(
     jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(settings.n)]
     if settings.seed is not None and settings.temperature > 0:
         torch.manual_seed(settings.seed)  # transformers' sampler draws from the global RNG
-    out: list[Generation] = []
-    batches = range(0, len(jobs), settings.batch_size)
-    for start in tqdm(batches, desc="generating", disable=not progress, leave=False):
-        chunk = jobs[start : start + settings.batch_size]
+    sampling = settings.temperature > 0
+
+    def run(chunk: Sequence[tuple[int, list[int]]]) -> torch.Tensor:
         batch = pad([ids for _, ids in chunk], pad_id, "left")  # generate() continues at the right end
-        width = batch.input_ids.shape[1]
-        sampling = settings.temperature > 0
         with torch.inference_mode():
             result = hf.generate(
                 input_ids=batch.input_ids.to(model.device),
@@ -95,20 +94,27 @@ def generate(
                 eos_token_id=eos_ids,
                 pad_token_id=pad_id,
             )
-        new = result[:, width:].cpu()
-        for row, (i, _) in enumerate(chunk):
-            ids = new[row].tolist()
-            stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
-            kept = ids if stop is None else ids[:stop]
-            out.append(
-                Generation(
-                    prompt=prompts[i],
-                    text=str(tok.decode(kept, skip_special_tokens=True)),
-                    n_tokens=len(kept),
-                    stopped=stop is not None,
-                    token_ids=tuple(kept),
+        return result[:, batch.input_ids.shape[1] :].cpu()
+
+    out: list[Generation] = []
+    size = resolve(settings.batch_size, model.device, DEFAULT_BATCH_SIZE)
+    bar = tqdm(total=len(jobs), desc="generating", unit="sequence", disable=not progress, leave=False)
+    with bar:
+        for chunk, new in in_chunks(jobs, size, run, what="generation"):
+            bar.update(len(chunk))
+            for row, (i, _) in enumerate(chunk):
+                ids = new[row].tolist()
+                stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
+                kept = ids if stop is None else ids[:stop]
+                out.append(
+                    Generation(
+                        prompt=prompts[i],
+                        text=str(tok.decode(kept, skip_special_tokens=True)),
+                        n_tokens=len(kept),
+                        stopped=stop is not None,
+                        token_ids=tuple(kept),
+                    )
                 )
-            )
     return out
 
 

@@ -16,9 +16,12 @@ from tqdm.auto import tqdm
 
 from s2e_lens.core import metrics
 from s2e_lens.core.items import MultipleChoice
+from s2e_lens.engine.batching import BatchSize, in_chunks, resolve
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import encode_prompt, encode_response, pad, pad_token_id
+
+DEFAULT_BATCH_SIZE = 16  # on the CPU
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ def continuation_logprobs(
     model: LoadedModel,
     pairs: Sequence[tuple[list[int], list[int]]],
     *,
-    batch_size: int = 16,
+    batch_size: BatchSize = None,
     progress: bool = False,
 ) -> Iterator[tuple[int, Float[torch.Tensor, "n_cont vocab"]]]:
     """For each (context, continuation) pair of token ids, the log-softmax over the vocabulary
@@ -50,8 +53,8 @@ def continuation_logprobs(
             raise InvalidInputError(f"context {i} is empty: the first token has nothing to condition on")
         model.check_context(len(ctx) + len(cont), f"scored text {i}")
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for lo in tqdm(range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False):
-        idx = order[lo : lo + batch_size]
+
+    def run(idx: Sequence[int]) -> torch.Tensor:
         # left padding: every continuation ends at the last position
         batch = pad([pairs[i][0] + pairs[i][1] for i in idx], pad_id, "left")
         keep = max(len(pairs[i][1]) for i in idx) + 1  # logits only where a continuation is predicted
@@ -63,17 +66,22 @@ def continuation_logprobs(
                 use_cache=False,
                 logits_to_keep=keep,
             ).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
-        for row, i in enumerate(idx):
-            n = len(pairs[i][1])
-            yield i, logp[row, logp.shape[1] - n :]
+        return torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
+
+    size = resolve(batch_size, model.device, DEFAULT_BATCH_SIZE)
+    with tqdm(total=len(order), desc="scoring", unit="text", disable=not progress, leave=False) as bar:
+        for idx, logp in in_chunks(order, size, run, what="scoring"):
+            bar.update(len(idx))
+            for row, i in enumerate(idx):
+                n = len(pairs[i][1])
+                yield i, logp[row, logp.shape[1] - n :]
 
 
 def score_continuations(
     model: LoadedModel,
     pairs: Sequence[tuple[list[int], list[int]]],
     *,
-    batch_size: int = 16,
+    batch_size: BatchSize = None,
     progress: bool = False,
 ) -> list[Scored]:
     """Log-probability of each continuation (token ids) given its context (token ids)."""
@@ -88,7 +96,7 @@ def score_continuations(
 
 
 def multiple_choice_accuracy(
-    model: LoadedModel, items: Sequence[MultipleChoice], *, normalise: bool = True, batch_size: int = 16
+    model: LoadedModel, items: Sequence[MultipleChoice], *, normalise: bool = True, batch_size: BatchSize = None
 ) -> float:
     """Log-likelihood multiple choice (plain text, no chat template): the choice with the
     highest (length-normalised, by default) log-probability wins."""
@@ -106,7 +114,9 @@ def multiple_choice_accuracy(
     return metrics.mc_accuracy(per_item, [item.answer for item in items])
 
 
-def response_cross_entropy(model: LoadedModel, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16) -> float:
+def response_cross_entropy(
+    model: LoadedModel, pairs: Sequence[tuple[str, str]], *, batch_size: BatchSize = None
+) -> float:
     """Mean per-token negative log-likelihood of reference responses (chat-formatted)."""
     tok = model.tokenizer
     encoded = [(encode_prompt(tok, p), encode_response(tok, r)) for p, r in pairs]
@@ -118,10 +128,10 @@ class KLReference:
     """Next-token distributions of a model (usually the unedited one) on fixed texts, to
     measure later how far an intervention moves them: KL(reference || current)."""
 
-    def __init__(self, model: LoadedModel, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> None:
+    def __init__(self, model: LoadedModel, pairs: Sequence[tuple[str, str]], batch_size: BatchSize = None) -> None:
         tok = model.tokenizer
         self.encoded = [(encode_prompt(tok, p), encode_response(tok, r)) for p, r in pairs]
-        self.batch_size = batch_size
+        self.batch_size = resolve(batch_size, model.device, 8)  # each text keeps full-vocabulary rows
         self.reference = self._logprobs(model)
 
     def _logprobs(self, model: LoadedModel) -> list[torch.Tensor]:

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from s2e_lens.core.comparison import DEGENERATE_LIMIT
 from s2e_lens.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    import torch
+
     from s2e_lens.behaviours.base import SuiteSize
 
 SIZES = ("quick", "full")
+STATISTICS_BATCH_SIZE = 16  # on the CPU (the README's runs used it)
 # what `quick` changes for every behaviour (each behaviour's own "quick" preset comes after)
 QUICK = {"keep_edits": 3, "baselines": False, "n_eval": 24, "n_mc": 10, "alpha": (0.5, 0.8)}
 QUICK_GAMMAS = (0.5, 1.0, 2.0)  # a behaviour whose base preset sets gammas keeps its first three
@@ -47,7 +50,11 @@ class RunConfig:
     n_eval: int = 40  # held-out prompts (or questions) per evaluation set
     n_mc: int = 20  # multiple-choice items per utility set (ARC-Easy, PIQA, HellaSwag)
     max_new_tokens: int = 32
-    batch_size: int = 16
+    batch_size: int | str | None = None  # statistics: see statistics_batch_size()
+    # where the model runs (load_model's dtype, device, device_map, as text: see placement())
+    dtype: str = "float32"
+    device: str | None = None  # None: the CPU (or wherever device_map puts each module)
+    device_map: str | None = None
     data_dir: str | None = None
     seed: int = 0
     # before any evaluation, the unedited model must decode the same with and without its KV
@@ -67,6 +74,23 @@ class RunConfig:
             raise InvalidInputError(f"steering gammas must be finite numbers, got {bad}")
         if not 0.0 <= self.max_degenerate <= 1.0:
             raise InvalidInputError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
+        self.placement()  # checks dtype, device and device_map
+        self.statistics_batch_size("cpu")  # checks batch_size
+
+    def statistics_batch_size(self, device: str | torch.device) -> int | Literal["auto"]:
+        """The statistics pass's batch size on ``device``: as set, else 16 on the CPU and
+        "auto" (the largest that fits) on accelerators."""
+        import torch
+
+        from s2e_lens.engine.batching import resolve
+
+        return resolve(self.batch_size, torch.device(device), STATISTICS_BATCH_SIZE)  # type: ignore[arg-type]
+
+    def placement(self) -> dict[str, Any]:
+        """``load_model``'s dtype, device and device_map keywords for this run."""
+        from s2e_lens.models.loading import placement_from_text
+
+        return placement_from_text(self.dtype, self.device, self.device_map)
 
     @classmethod
     def preset(cls, behaviour: str = "safety", size: str = "quick", **overrides: Any) -> RunConfig:

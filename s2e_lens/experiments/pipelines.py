@@ -34,7 +34,7 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         clock = now
 
     behaviour = get(config.behaviour)
-    model = model or load_model(config.model, progress=progress)
+    model = model or load_model(config.model, progress=progress, **config.placement())
     lap("load")
     checks = health.preflight(model, known=config.check_answers).checks
     lap("checks")
@@ -42,7 +42,7 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     assert behaviour.suite is not None
     suite = behaviour.suite(model, config.suite_size())
     lap("data")
-    stats = collect_statistics(model, data, batch_size=config.batch_size, progress=progress)
+    stats = collect_statistics(model, data, batch_size=config.statistics_batch_size(model.device), progress=progress)
     vectors = SteeringVectors.from_statistics(stats)
     lap("statistics")
     settings = interventions.grid(config.rho_attn, config.rho_mlp, config.alpha)
@@ -118,7 +118,7 @@ def main_job(config: RunConfig, out: str | Path, *, progress: bool = True, overw
     out = Path(out)
     files.check_output(out, kind="dir", overwrite=overwrite, what="run directory")  # before any work
     started = time.perf_counter()
-    model = load_model(config.model, progress=progress)
+    model = load_model(config.model, progress=progress, **config.placement())
     loading = round(time.perf_counter() - started, 1)
     result = run(config, model=model, progress=progress)
     result.timings["load"] = loading

@@ -58,6 +58,97 @@ class Placement:
     device_map: DeviceMap | None = None
 
 
+DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+}
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def placement_from_text(
+    dtype: str | None = None, device: str | None = None, device_map: str | None = None
+) -> dict[str, Any]:
+    """``load_model``'s placement keywords from text (the CLI's ``--dtype``, ``--device`` and
+    ``--device-map``, and a run's saved settings), checked before any model loads.
+
+    ``device_map`` is an accelerate strategy (auto, balanced, balanced_low_0, sequential), a
+    JSON object from module names to devices, or a JSON file holding one.
+
+    >>> placement_from_text("bf16", "cpu")
+    {'dtype': torch.bfloat16, 'device': 'cpu'}
+    >>> placement_from_text(device_map='{"": "cpu"}')
+    {'device_map': {'': 'cpu'}}
+    """
+    out: dict[str, Any] = {}
+    if dtype is not None:
+        if dtype.lower() not in DTYPE_NAMES:
+            raise InvalidInputError(
+                f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16 (quantised models: "
+                "dequantise, edit, then quantise the exported checkpoint)"
+            )
+        out["dtype"] = DTYPE_NAMES[dtype.lower()]
+    if device is not None and device_map is not None:
+        raise InvalidInputError("give --device or --device-map, not both (a device map places every module itself)")
+    if device is not None:
+        check_device(device)
+        out["device"] = device
+    if device_map is not None:
+        out["device_map"] = _device_map(device_map)
+    return out
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A device this torch can use, or an error that says what to do instead."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(
+            f"device {device!r}: this torch has no usable CUDA (torch.cuda.is_available() is False); "
+            "use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+    if where.type == "cuda" and where.index is not None and where.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"device {device!r}: MPS is not available here; use --device cpu")
+    return where
+
+
+def _device_map(text: str) -> DeviceMap:
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    source = text
+    if not text.lstrip().startswith(("{", "[")):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise InvalidInputError(
+                f"device map {text!r} is neither a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}), a JSON object "
+                'such as \'{"": "cpu"}\', nor a JSON file'
+            )
+        source = path.read_text()
+    try:
+        mapping = json.loads(source)
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"device map {text!r} is not valid JSON: {err.msg} at character {err.pos}") from None
+    if not isinstance(mapping, dict) or not all(
+        isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool) for k, v in mapping.items()
+    ):
+        raise InvalidInputError(
+            f'device map {text!r} must map module names to devices, e.g. {{"model.layers.0": 0, "": "cpu"}}'
+        )
+    for value in mapping.values():
+        if isinstance(value, str) and value not in ("disk", "meta"):
+            check_device(value)
+    return cast(DeviceMap, mapping)
+
+
 def load_model(
     model: str | os.PathLike[str] | PreTrainedModel | TransformerBridge = DEFAULT_MODEL,
     *,
@@ -88,6 +179,8 @@ def load_model(
         )
     if device is not None and device_map is not None:
         raise InvalidInputError("pass device= or device_map=, not both (device_map places every module itself)")
+    if device is not None:
+        check_device(device)
     with transformers_progress(progress):
         if isinstance(model, TransformerBridge):
             return _from_bridge(model, tokenizer, device=device, dtype=dtype, device_map=device_map, name=name)
