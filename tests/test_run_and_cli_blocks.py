@@ -56,7 +56,20 @@ def run_dir(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 def test_run_writes_a_complete_report(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["keep_edits"] == 3 and summary["config"]["gammas"] == [0.5, 1.0, 2.0]
-    assert summary["config"]["dtype"] == "bfloat16" and summary["model"]["dtype"] == "torch.bfloat16"
+    assert summary["config"]["dtype"] == "bfloat16" and summary["model"]["dtype"] == "bfloat16"
+    # every generation is kept with both judges' verdicts; per-item scores back every figure
+    generations = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert {g["label"] for g in generations} == {r["label"] for r in results}
+    assert all(set(g["judges"]) == {"paper", "strict"} and isinstance(g["cut_off"], bool) for g in generations)
+    items = json.loads((run_dir / "items.json").read_text())
+    for r in results:
+        refused = [v for row in items[r["label"]]["attribute"] for v in row]
+        assert sum(refused) / len(refused) == pytest.approx(r["attribute"])
+        assert r["attribute_low"] <= r["attribute"] <= r["attribute_high"]
+        mine = [g for g in generations if g["label"] == r["label"] and g["set"] == "harmful"]
+        assert sum(g["judges"]["strict"] for g in mine) / len(mine) == pytest.approx(r["attribute"])
+    assert summary["suite"]["judge"] == "strict" and summary["speed"]["generated_tokens"] > 0
     html = (run_dir / "report.html").read_text()
     md = (run_dir / "report.md").read_text()
     for text in (html, md):

@@ -28,6 +28,8 @@ from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 
 Measure = Callable[[LoadedModel], dict[str, Any]]
+ITEMS = "_items"  # per-item scores in a measure's row (see Suite.measure)
+GENERATIONS = "_generations"  # generation records in a measure's row
 
 
 @dataclass
@@ -43,9 +45,20 @@ class Suite:
     notes: dict[str, Any] = field(default_factory=dict)
 
     def measure(self, model: LoadedModel) -> dict[str, Any]:
-        row = {**self.attribute(model), **self.utility(model)}
+        """One row of named figures. A measure may also return per-item scores under
+        :data:`ITEMS` (``{"attribute": rows, "utility": rows}``, one row per prompt or item,
+        one entry per sample, whose overall mean is the figure) and generation records under
+        :data:`GENERATIONS`; both are merged here and taken out of the row by the sweep."""
+        a, u = self.attribute(model), self.utility(model)
+        items = {**a.pop(ITEMS, {}), **u.pop(ITEMS, {})}
+        generations = a.pop(GENERATIONS, []) + u.pop(GENERATIONS, [])
+        row = {**a, **u}
         if self.kl_reference is not None:
             row["kl"] = self.kl_reference.kl(model)
+        if items:
+            row[ITEMS] = items
+        if generations:
+            row[GENERATIONS] = generations
         return row
 
 

@@ -40,7 +40,7 @@ def data_dir(directory: str | Path | None = None) -> Path:
     return path
 
 
-def _file(name: str, directory: str | Path | None) -> Path:
+def data_file(name: str, directory: str | Path | None) -> Path:
     path = Path(name) if Path(name).is_absolute() else data_dir(directory) / name
     if not path.is_file():
         origin = "--data-dir" if directory is not None else DATA_ENV
@@ -111,7 +111,7 @@ def read_jsonl(path: str | Path, schema: dict[str, str]) -> list[dict[str, Any]]
 
 def load_lines(name: str, directory: str | Path | None = None) -> list[str]:
     """Non-empty lines of a text file (e.g. ``maliciousinstruct.txt``)."""
-    lines = [ln.strip() for ln in _file(name, directory).read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in data_file(name, directory).read_text(encoding="utf-8").splitlines()]
     return [ln for ln in lines if ln]
 
 
@@ -120,7 +120,9 @@ def load_malicious_instruct(directory: str | Path | None = None) -> list[str]:
 
 
 def load_alpaca(directory: str | Path | None = None) -> list[str]:
-    return [r["instruction"] for r in read_jsonl(_file("alpaca_benign_100.jsonl", directory), {"instruction": "str"})]
+    return [
+        r["instruction"] for r in read_jsonl(data_file("alpaca_benign_100.jsonl", directory), {"instruction": "str"})
+    ]
 
 
 def load_truthfulqa(directory: str | Path | None = None, name: str = "truthfulqa_train.jsonl") -> list[TruthfulQAItem]:
@@ -135,7 +137,7 @@ def load_truthfulqa(directory: str | Path | None = None, name: str = "truthfulqa
         "category": "str",
     }
     items = []
-    for lineno, r in read_jsonl_lines(_file(name, directory), schema):
+    for lineno, r in read_jsonl_lines(data_file(name, directory), schema):
         correct = tuple(a for a in r["correct_answers"] if a.strip())
         incorrect = tuple(a for a in r["incorrect_answers"] if a.strip())
         if not correct or not incorrect:
@@ -145,7 +147,7 @@ def load_truthfulqa(directory: str | Path | None = None, name: str = "truthfulqa
 
 
 def load_gsm8k(directory: str | Path | None = None, name: str = "gsm8k_probe_200.jsonl") -> list[MathItem]:
-    rows = read_jsonl_lines(_file(name, directory), {"question": "str", "answer": "str"})
+    rows = read_jsonl_lines(data_file(name, directory), {"question": "str", "answer": "str"})
     out = []
     for i, r in rows:
         answer = r["answer"].split("####")[-1].strip().replace(",", "")
@@ -159,7 +161,7 @@ def load_gsm8k(directory: str | Path | None = None, name: str = "gsm8k_probe_200
 
 def load_hellaswag(directory: str | Path | None = None) -> list[MultipleChoice]:
     rows = read_jsonl(
-        _file("hellaswag_val_2k.jsonl", directory),
+        data_file("hellaswag_val_2k.jsonl", directory),
         {"ctx": "str", "endings": "list[str]", "label": "int", "activity_label": "str"},
     )
     return [
@@ -175,7 +177,7 @@ def load_hellaswag(directory: str | Path | None = None) -> list[MultipleChoice]:
 
 def load_arc_easy(directory: str | Path | None = None) -> list[MultipleChoice]:
     rows = read_jsonl(
-        _file("arc_easy_test.jsonl", directory), {"question": "str", "choices": "list[str]", "answer_index": "int"}
+        data_file("arc_easy_test.jsonl", directory), {"question": "str", "choices": "list[str]", "answer_index": "int"}
     )
     return [
         MultipleChoice(
@@ -190,7 +192,7 @@ def load_arc_easy(directory: str | Path | None = None) -> list[MultipleChoice]:
 
 def load_piqa(directory: str | Path | None = None) -> list[MultipleChoice]:
     rows = read_jsonl(
-        _file("piqa_valid.jsonl", directory), {"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}
+        data_file("piqa_valid.jsonl", directory), {"goal": "str", "sol1": "str", "sol2": "str", "label": "int"}
     )
     return [
         MultipleChoice(f"Question: {r['goal']}\nAnswer:", (" " + r["sol1"], " " + r["sol2"]), r["label"], f"piqa:{i}")
@@ -200,12 +202,12 @@ def load_piqa(directory: str | Path | None = None) -> list[MultipleChoice]:
 
 def load_xstest(directory: str | Path | None = None, label: str | None = "safe") -> list[str]:
     """XSTest prompts; ``label="safe"`` (default) gives the ones a model should answer."""
-    rows = read_jsonl(_file("xstest.jsonl", directory), {"prompt": "str", "label": "str", "type": "str"})
+    rows = read_jsonl(data_file("xstest.jsonl", directory), {"prompt": "str", "label": "str", "type": "str"})
     return [r["prompt"] for r in rows if label is None or r["label"] == label]
 
 
 def load_jbb(directory: str | Path | None = None, label: str = "harmful") -> list[str]:
-    rows = read_jsonl(_file("jbb_behaviors.jsonl", directory), {"goal": "str", "label": "str"})
+    rows = read_jsonl(data_file("jbb_behaviors.jsonl", directory), {"goal": "str", "label": "str"})
     return [r["goal"] for r in rows if r["label"] == label]
 
 

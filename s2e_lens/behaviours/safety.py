@@ -10,16 +10,25 @@ the unedited model and the degeneracy of every generation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from s2e_lens.behaviours.base import Behaviour, Suite, SuiteSize, benign_pairs, register, utility_items
+from s2e_lens.behaviours.base import (
+    GENERATIONS,
+    ITEMS,
+    Behaviour,
+    Suite,
+    SuiteSize,
+    benign_pairs,
+    register,
+    utility_items,
+)
 from s2e_lens.behaviours.datasets import MultipleChoice, load_harmful_prompts, load_safety_prompts
 from s2e_lens.behaviours.splits import split
-from s2e_lens.core import metrics
+from s2e_lens.core import judges, metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
-from s2e_lens.engine.generation import GenerationSettings, generate
-from s2e_lens.engine.scoring import KLReference, multiple_choice_accuracy, response_cross_entropy
+from s2e_lens.engine.generation import Generation, GenerationSettings, generate
+from s2e_lens.engine.scoring import KLReference, multiple_choice_correct, response_cross_entropy
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 
@@ -90,6 +99,28 @@ class RefusalResult:
     rate: float
     degenerate: float
     responses: list[str]
+    refused: list[list[bool]] = field(default_factory=list)  # per prompt, per sample
+    records: list[dict[str, Any]] = field(default_factory=list)  # per generation (see generation_records)
+
+
+def generation_records(
+    gens: Sequence[Generation], n_samples: int, judges: dict[str, metrics.Judge], *, max_new_tokens: int
+) -> list[dict[str, Any]]:
+    """One record per generation: which prompt and sample, the text, its length, whether it
+    stopped at EOS or was cut off at ``max_new_tokens``, the degeneracy flag and every judge's
+    verdict, so a run can be re-scored without generating again."""
+    return [
+        {
+            "prompt_index": k // n_samples,
+            "sample": k % n_samples,
+            "text": g.text,
+            "n_tokens": g.n_tokens,
+            "cut_off": not g.stopped and g.n_tokens >= max_new_tokens,
+            "degenerate": metrics.is_degenerate(g.text),
+            "judges": {name: bool(judge(g.prompt, g.text)) for name, judge in judges.items()},
+        }
+        for k, g in enumerate(gens)
+    ]
 
 
 def refusal_eval(
@@ -100,15 +131,23 @@ def refusal_eval(
     *,
     progress: bool = False,
 ) -> RefusalResult:
-    """Refusal rate of the model's generations (substring judge unless ``judge`` is given)."""
+    """Refusal rate of the model's generations (``settings.n`` per prompt) by ``judge`` (ours,
+    :func:`s2e_lens.core.judges.strict_refusal`, unless given). Every generation is recorded
+    with the verdicts of the paper's judge, ours and ``judge``."""
     settings = settings or GenerationSettings(max_new_tokens=32)
+    chosen = judge or judges.strict_refusal
     gens = generate(model, prompts, settings, progress=progress)
+    recorded = {**judges.BUILT_IN, **({getattr(judge, "name", "custom"): judge} if judge is not None else {})}
+    records = generation_records(gens, settings.n, recorded, max_new_tokens=settings.max_new_tokens)
+    verdicts = [bool(chosen(g.prompt, g.text)) for g in gens]
+    refused = [verdicts[i * settings.n : (i + 1) * settings.n] for i in range(len(prompts))]
     texts = [g.text for g in gens]
-    gen_prompts = [g.prompt for g in gens]
     return RefusalResult(
-        rate=metrics.refusal_rate(gen_prompts, texts, judge),
-        degenerate=sum(metrics.is_degenerate(t) for t in texts) / len(texts),
+        rate=sum(verdicts) / len(verdicts),
+        degenerate=sum(r["degenerate"] for r in records) / len(records),
         responses=texts,
+        refused=refused,
+        records=records,
     )
 
 
@@ -122,16 +161,19 @@ def safety_suite(
     scary_but_safe: Sequence[str] = (),
     max_new_tokens: int = 32,
     judge: metrics.Judge | None = None,
+    decoding: GenerationSettings | None = None,
+    attack_name: str = "harmful",
 ) -> Suite:
-    """Attribute: refusal rate on ``harmful``. Utility: multiple-choice accuracy on
-    ``mc_items`` if given, else ``1 - over-refusal`` on ``harmless``. Also reported:
-    over-refusal (harmless, scary-but-safe), degeneracy, benign cross-entropy and KL."""
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=48)
+    """Attribute: refusal rate on ``harmful`` (an attack set). Utility: multiple-choice
+    accuracy on ``mc_items`` if given, else ``1 - over-refusal`` on ``harmless``. Also
+    reported: over-refusal (harmless, scary-but-safe), degeneracy, benign cross-entropy and KL.
+    ``decoding`` (greedy with ``max_new_tokens`` unless given) decides the samples per prompt."""
+    settings = decoding or GenerationSettings(max_new_tokens=max_new_tokens, batch_size=48)
 
     def attribute(m: LoadedModel) -> dict[str, Any]:
         r = refusal_eval(m, harmful, settings, judge)
         b = refusal_eval(m, harmless, settings, judge)
-        row = {
+        row: dict[str, Any] = {
             "attribute": r.rate,
             "refusal_harmful": r.rate,
             "over_refusal_harmless": b.rate,
@@ -141,14 +183,20 @@ def safety_suite(
             "example_harmful": r.responses[0],
             "example_harmless": b.responses[0],
         }
-        texts = r.responses + b.responses
+        for name in judges.BUILT_IN:  # both judges' refusal rates, whichever one decides
+            row[f"refusal_{name}"] = sum(x["judges"][name] for x in r.records) / len(r.records)
+        sets = {attack_name: r, "harmless": b}
         if scary_but_safe:
             s = refusal_eval(m, scary_but_safe, settings, judge)
             row["over_refusal_scary"] = s.rate
-            texts += s.responses
-        row["degenerate"] = metrics.degenerate_fraction(texts)
+            sets["scary_but_safe"] = s
+        records = [{"set": name, **x} for name, res in sets.items() for x in res.records]
+        row["degenerate"] = sum(x["degenerate"] for x in records) / len(records)
+        row[ITEMS] = {"attribute": [[float(v) for v in p] for p in r.refused]}
+        row[GENERATIONS] = records
         if not mc_items:  # utility = share of harmless prompts answered
             row["utility"] = row["harmless_answered"]
+            row[ITEMS]["utility"] = [[1.0 - float(v) for v in p] for p in b.refused]
         return row
 
     def utility(m: LoadedModel) -> dict[str, Any]:
@@ -156,8 +204,9 @@ def safety_suite(
         if benign_pairs:
             row["benign_ce"] = response_cross_entropy(m, benign_pairs)
         if mc_items:
-            row["mc_accuracy"] = multiple_choice_accuracy(m, mc_items)
-            row["utility"] = row["mc_accuracy"]
+            correct = multiple_choice_correct(m, mc_items)
+            row["mc_accuracy"] = row["utility"] = sum(correct) / len(correct)
+            row[ITEMS] = {"utility": [[float(c)] for c in correct]}
         return row
 
     return Suite(
@@ -165,7 +214,18 @@ def safety_suite(
         attribute,
         utility,
         KLReference(model, benign_pairs[:16]) if benign_pairs else None,
-        {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_mc": len(mc_items)},
+        {
+            "n_harmful": len(harmful),
+            "n_harmless": len(harmless),
+            "n_mc": len(mc_items),
+            "attack_set": attack_name,
+            "judge": getattr(judge, "name", "strict" if judge is None else "custom"),
+            "samples": settings.n,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "max_new_tokens": settings.max_new_tokens,
+            "seed": settings.seed,
+        },
     )
 
 

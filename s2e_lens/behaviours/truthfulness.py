@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from s2e_lens.behaviours.base import (
+    ITEMS,
     Behaviour,
     Suite,
     SuiteSize,
@@ -30,7 +31,7 @@ from s2e_lens.engine.generation import GenerationSettings, generate
 from s2e_lens.engine.scoring import (
     KLReference,
     Scored,
-    multiple_choice_accuracy,
+    multiple_choice_correct,
     response_cross_entropy,
     score_continuations,
 )
@@ -92,6 +93,7 @@ def truthfulqa_context(model: LoadedModel, question: str) -> list[int]:
 class TruthfulQAResult:
     binary_preference: float  # best answer vs first incorrect, length-normalised log-prob
     mc1: float  # best answer vs all incorrect answers, total log-prob
+    preferred: tuple[bool, ...] = ()  # per question: the best answer beat the first incorrect one
 
 
 def truthfulqa_eval(model: LoadedModel, items: Sequence[TruthfulQAItem], *, batch_size: int = 16) -> TruthfulQAResult:
@@ -109,7 +111,8 @@ def truthfulqa_eval(model: LoadedModel, items: Sequence[TruthfulQAItem], *, batc
     best = [row[0].mean for row in per_item]
     first_wrong = [row[1].mean for row in per_item]
     mc1 = metrics.mc_accuracy([[s.logprob for s in row] for row in per_item], [0] * len(items))
-    return TruthfulQAResult(metrics.binary_preference(best, first_wrong), mc1)
+    preferred = metrics.binary_preferences(best, first_wrong)
+    return TruthfulQAResult(sum(preferred) / len(preferred), mc1, tuple(preferred))
 
 
 def truthfulness_suite(
@@ -130,6 +133,7 @@ def truthfulness_suite(
     def attribute(m: LoadedModel) -> dict[str, Any]:
         r = truthfulqa_eval(m, test_items)
         row: dict[str, Any] = {"attribute": r.binary_preference, "binary_preference": r.binary_preference, "mc1": r.mc1}
+        row[ITEMS] = {"attribute": [[float(x)] for x in r.preferred]}
         if probe_prompts:
             texts = [g.text for g in generate(m, probe_prompts, settings)]
             row["degenerate"] = metrics.degenerate_fraction(texts)
@@ -139,7 +143,9 @@ def truthfulness_suite(
     def utility(m: LoadedModel) -> dict[str, Any]:
         row: dict[str, Any] = {}
         if mc_items:
-            row["mc_accuracy"] = row["utility"] = multiple_choice_accuracy(m, mc_items)
+            correct = multiple_choice_correct(m, mc_items)
+            row["mc_accuracy"] = row["utility"] = sum(correct) / len(correct)
+            row[ITEMS] = {"utility": [[float(c)] for c in correct]}
         if benign_pairs:
             row["benign_ce"] = response_cross_entropy(m, benign_pairs)
         return row

@@ -46,6 +46,13 @@ def _where(dtype: str | None, device: str | None, device_map: str | None) -> dic
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _speed(speed: dict[str, float]) -> str:
+    return (
+        f"generated {int(speed['generated_tokens']):,} tokens, "
+        f"{speed['generated_tokens_per_s_of_evaluation']:,.1f} per second of evaluation (scoring included)"
+    )
+
+
 def _listed(values: tuple[float, ...]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
@@ -110,7 +117,9 @@ def sweep_cmd(
                 {
                     "out": str(path),
                     "timings_s": result.timings,
+                    "speed": result.speed,
                     "mean_gain": result.comparison().mean_gain,
+                    "frontier_gap": gap.to_dict() if (gap := result.frontier_gap()) is not None else None,
                     "results": json.loads(result.results.to_json(orient="records")),
                 }
             )
@@ -122,10 +131,20 @@ def sweep_cmd(
         if c in result.results
     ]
     typer.echo(result.results[cols].to_string(index=False))
-    typer.echo(
-        f"\nmean attribute gain of Steer2Edit over steering at matched utility: {result.comparison().mean_gain:+.3f}"
-    )
-    typer.echo(f"stage timings (s): {result.timings}\nwritten to {path}")
+    estimate = result.frontier_gap()
+    if estimate is not None:
+        iv = estimate.interval
+        typer.echo(
+            f"\nfrontiers over the utility range both reach ({estimate.gap.low:.3f}-{estimate.gap.high:.3f}): "
+            f"Steer2Edit minus steering {estimate.gap.mean:+.3f} [95% {iv.low:+.3f}, {iv.high:+.3f}]: "
+            f"{estimate.verdict()}"
+        )
+    else:
+        typer.echo("\nthe two frontiers share no utility range: no matched comparison")
+    typer.echo(f"stage timings (s): {result.timings}")
+    if result.speed:
+        typer.echo(_speed(result.speed))
+    typer.echo(f"written to {path}")
 
 
 @app.command("run")
@@ -184,6 +203,7 @@ def run_cmd(
                     "best_plan": summary["best_plan"],
                     "matched_steering": summary["matched_steering"],
                     "mean_gain": summary["mean_gain_at_matched_utility"],
+                    "frontier_gap": summary["frontier_gap"],
                     "seconds": round(time.perf_counter() - started, 1),
                 }
             )
@@ -192,6 +212,8 @@ def run_cmd(
     _, lines = headline(result)
     typer.echo("\n".join(line.replace("**", "") for line in lines))
     typer.echo(f"\nfinished in {time.perf_counter() - started:.0f} s")
+    if result.speed:
+        typer.echo(_speed(result.speed))
     typer.echo(f"report: {report_path}\n        {report_path.with_suffix('.md')}")
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pandas as pd
+
+from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,139 @@ def mean_gain(matches: Sequence[MatchedGain]) -> float:
     """Mean gain over the utility levels where an edit matched (nan if none did)."""
     gains = [m.gain for m in matches if m.edit is not None]
     return sum(gains) / len(gains) if gains else math.nan
+
+
+def frontier_attribute(frontier: Sequence[Point], utility: float) -> float:
+    """The attribute along a Pareto frontier at ``utility``, linearly interpolated between its
+    points (nan outside the utility range the frontier spans).
+
+    >>> f = [Point(0.8, 0.2), Point(0.4, 0.6)]
+    >>> frontier_attribute(f, 0.4), frontier_attribute(f, 0.7)
+    (0.6, nan)
+    """
+    pts = sorted(frontier, key=lambda p: (p.utility, -p.attribute))
+    if not pts or not pts[0].utility <= utility <= pts[-1].utility:
+        return math.nan
+    for lo, hi in zip(pts, pts[1:], strict=False):
+        if lo.utility <= utility <= hi.utility:
+            if hi.utility == lo.utility:
+                return max(lo.attribute, hi.attribute)
+            t = (utility - lo.utility) / (hi.utility - lo.utility)
+            return lo.attribute + t * (hi.attribute - lo.attribute)
+    return max(p.attribute for p in pts if p.utility == utility)
+
+
+@dataclass(frozen=True)
+class FrontierGap:
+    """Steer2Edit's frontier minus steering's, over the utility range both reach."""
+
+    low: float  # the shared utility range
+    high: float
+    mean: float  # the mean attribute difference over that range
+    largest: float  # the largest difference (by absolute value) and the utility where it occurs
+    at: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"low": self.low, "high": self.high, "mean": self.mean, "largest": self.largest, "at": self.at}
+
+
+def frontier_gap(steering: Sequence[Point], edits: Sequence[Point], n_grid: int = 201) -> FrontierGap | None:
+    """Compare the two Pareto frontiers where both exist: on ``n_grid`` evenly spaced
+    utilities over the range both frontiers span, the edit frontier's attribute minus the
+    steering frontier's (each linearly interpolated). None when the ranges do not overlap.
+
+    >>> steer = [Point(0.9, 0.2), Point(0.5, 0.6)]
+    >>> edit = [Point(0.7, 0.4), Point(0.6, 0.8)]
+    >>> g = frontier_gap(steer, edit)  # shared range [0.4, 0.6]: 0.7 - 0.7 up to 0.65 - 0.5
+    >>> round(g.low, 2), round(g.high, 2), round(g.mean, 3), round(g.largest, 3), round(g.at, 2)
+    (0.4, 0.6, 0.075, 0.15, 0.6)
+    """
+    fs, fe = pareto_frontier(steering), pareto_frontier(edits)
+    if not fs or not fe:
+        return None
+    low = max(fs[0].utility, fe[0].utility)
+    high = min(fs[-1].utility, fe[-1].utility)
+    if low > high:
+        return None
+    grid = [low] if high == low else [low + (high - low) * i / (n_grid - 1) for i in range(n_grid)]
+    diffs = [frontier_attribute(fe, u) - frontier_attribute(fs, u) for u in grid]
+    k = max(range(len(diffs)), key=lambda i: abs(diffs[i]))
+    return FrontierGap(low, high, sum(diffs) / len(diffs), diffs[k], grid[k])
+
+
+Items = dict[str, dict[str, "np.ndarray | list[list[float]]"]]  # label -> {"attribute"|"utility": per-item rows}
+
+
+@dataclass(frozen=True)
+class GapEstimate:
+    """The frontier gap on the run's prompts, with a paired bootstrap interval of its mean
+    (prompts and items resampled once per draw, the same for every intervention)."""
+
+    gap: FrontierGap
+    interval: Interval
+    draws_without_overlap: int  # bootstrap draws where the frontiers shared no utility range
+    n_boot: int
+
+    def verdict(self) -> str:
+        """In words: which method is ahead over the shared range, and whether the interval
+        excludes 0."""
+        iv = self.interval
+        if iv.low > 0:
+            return "Steer2Edit is ahead of steering over the utility range both reach (the 95% interval excludes 0)"
+        if iv.high < 0:
+            return "steering is ahead of Steer2Edit over the utility range both reach (the 95% interval excludes 0)"
+        return "no difference can be claimed: the 95% interval includes 0"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.gap.to_dict(),
+            "interval": self.interval.to_dict(),
+            "draws_without_overlap": self.draws_without_overlap,
+            "n_boot": self.n_boot,
+            "verdict": self.verdict(),
+        }
+
+
+def frontier_gap_with_interval(
+    frame: pd.DataFrame, items: Items, *, n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0, n_grid: int = 101
+) -> GapEstimate | None:
+    """:func:`frontier_gap` of the sane rows (steering and the unedited model against the
+    edits), with a paired bootstrap interval of its mean over prompts and items. None when the
+    frontiers share no utility range or a sane row lacks per-item scores."""
+    ok = sane(frame)
+    rows = ok[ok["kind"].isin(["steer", "none", "edit"])]
+    labels = [str(x) for x in rows["label"]]
+    if any(lab not in items or not {"attribute", "utility"} <= set(items[lab]) for lab in labels):
+        return None
+    kinds = dict(zip(labels, rows["kind"], strict=True))
+    A = {lab: np.asarray(items[lab]["attribute"], dtype=float) for lab in labels}
+    U = {lab: np.asarray(items[lab]["utility"], dtype=float) for lab in labels}
+    n_a, n_u = {a.shape[0] for a in A.values()}, {u.shape[0] for u in U.values()}
+    if len(n_a) != 1 or len(n_u) != 1:
+        return None  # not the same prompts for every intervention: no paired interval
+
+    def gap_of(ia: np.ndarray | slice, iu: np.ndarray | slice) -> FrontierGap | None:
+        pts = {lab: Point(float(A[lab][ia].mean()), float(U[lab][iu].mean()), lab) for lab in labels}
+        steer = [p for lab, p in pts.items() if kinds[lab] in ("steer", "none")]
+        edit = [p for lab, p in pts.items() if kinds[lab] == "edit"]
+        return frontier_gap(steer, edit, n_grid)
+
+    observed = gap_of(slice(None), slice(None))
+    if observed is None:
+        return None
+    rng = np.random.default_rng(seed)
+    na, nu = n_a.pop(), n_u.pop()
+    means, missing = [], 0
+    for _ in range(n_boot):
+        g = gap_of(rng.integers(0, na, na), rng.integers(0, nu, nu))
+        if g is None:
+            missing += 1
+        else:
+            means.append(g.mean)
+    if not means:
+        return None
+    low, high = (float(np.quantile(means, q)) for q in (0.025, 0.975))
+    return GapEstimate(observed, Interval(observed.mean, low, high), missing, n_boot)
 
 
 # An intervention with more than this share of degenerate generations (metrics.is_degenerate)

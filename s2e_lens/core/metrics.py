@@ -85,23 +85,40 @@ def length_normalised(logprob_sum: float, n_tokens: int) -> float:
     return logprob_sum / n_tokens
 
 
+def binary_preferences(best: Sequence[float], incorrect: Sequence[float]) -> list[bool]:
+    """Per question: does the best answer's (length-normalised) log-prob beat the first
+    incorrect answer's?"""
+    if len(best) != len(incorrect) or not best:
+        raise InvalidInputError("need equally many, and some, scores")
+    return [b > i for b, i in zip(best, incorrect, strict=True)]
+
+
 def binary_preference(best: Sequence[float], incorrect: Sequence[float]) -> float:
     """Fraction of questions where the best answer's (length-normalised) log-prob beats the
     first incorrect answer's."""
-    if len(best) != len(incorrect) or not best:
-        raise InvalidInputError("need equally many, and some, scores")
-    return sum(b > i for b, i in zip(best, incorrect, strict=True)) / len(best)
+    won = binary_preferences(best, incorrect)
+    return sum(won) / len(won)
+
+
+def mc_correct(scores: Sequence[Sequence[float]], answers: Sequence[int]) -> list[bool]:
+    """Per item: is its highest-scoring choice the answer (a tie counts as wrong)?
+
+    >>> mc_correct([[0.1, 0.9], [0.5, 0.5], [0.7, 0.2]], [1, 0, 1])
+    [True, False, False]
+    """
+    if len(scores) != len(answers) or not scores:
+        raise InvalidInputError("need equally many, and some, items")
+    out = []
+    for row, answer in zip(scores, answers, strict=True):
+        best = max(row)
+        out.append(row[answer] == best and sum(s == best for s in row) == 1)
+    return out
 
 
 def mc_accuracy(scores: Sequence[Sequence[float]], answers: Sequence[int]) -> float:
     """Fraction of items whose highest-scoring choice is the answer (ties count as wrong)."""
-    if len(scores) != len(answers) or not scores:
-        raise InvalidInputError("need equally many, and some, items")
-    correct = 0
-    for row, answer in zip(scores, answers, strict=True):
-        best = max(row)
-        correct += row[answer] == best and sum(s == best for s in row) == 1
-    return correct / len(scores)
+    correct = mc_correct(scores, answers)
+    return sum(correct) / len(correct)
 
 
 # ------------------------------------------------------------------------------- numbers

@@ -4,7 +4,9 @@ as a directory; :meth:`Run.load` reads it back for reports, plots and comparison
 
 A run directory holds ``results``, ``screening`` and ``matched_utility`` (CSV + JSON),
 ``statistics``, ``steering_vectors``, ``best_plan`` and ``plans/edit_NN`` (safetensors +
-JSON), ``examples.json`` (when made) and ``summary.json`` (config, data provenance, timings,
+JSON), ``examples.json`` (when made), ``items.json`` (per-item scores behind every figure,
+for intervals), ``generations.jsonl`` (every evaluated generation with each judge's verdict)
+and ``summary.json`` (config, data provenance, timings,
 checks, stack versions, model card, the best plan and the steering run matched to it).
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from s2e_lens.core.comparison import Comparison, compare, sane
+from s2e_lens.core.comparison import Comparison, GapEstimate, Items, compare, frontier_gap_with_interval, sane
 from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
@@ -52,6 +54,11 @@ class Run:
     checks: list[dict[str, Any]] = field(default_factory=list)  # the preflight checks it passed
     stack: dict[str, str] = field(default_factory=dict)  # package versions
     examples: list[dict[str, str]] = field(default_factory=list)  # example generations, side by side
+    items: Items = field(default_factory=dict)  # label -> per-item scores ("attribute", "utility")
+    generations: list[dict[str, Any]] = field(default_factory=list)  # every evaluated generation, judged
+    suite: dict[str, Any] = field(default_factory=dict)  # what the evaluation measured (sets, judge, decoding)
+    speed: dict[str, float] = field(default_factory=dict)  # generated tokens and tokens/s of the evaluation
+    _gap: tuple[Any, GapEstimate | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def behaviour(self) -> str:
@@ -60,6 +67,15 @@ class Run:
     def comparison(self, utility: str = "utility") -> Comparison:
         """Steer2Edit vs steering at matched ``utility`` (degenerate interventions left out)."""
         return compare(self.results, utility)
+
+    def frontier_gap(self) -> GapEstimate | None:
+        """The headline: Steer2Edit's Pareto frontier minus steering's over the utility range
+        both reach, with a paired bootstrap interval (None without per-item scores, e.g. a run
+        made before they were recorded, or when the frontiers share no utility range)."""
+        key = (id(self.results), len(self.results), tuple(self.items))
+        if self._gap is None or self._gap[0] != key:  # a bootstrap: computed once per results table
+            self._gap = (key, frontier_gap_with_interval(self.results, self.items))
+        return self._gap[1]
 
     def best_plan(self) -> tuple[str, EditPlan]:
         """The evaluated Steer2Edit plan with the highest attribute (utility breaks ties),
@@ -94,6 +110,9 @@ class Run:
             "matched_steering": self.matched_steering(label),
             "plan_files": {name: f"plans/edit_{i:02d}.safetensors" for i, name in enumerate(self.plans)},
             "mean_gain_at_matched_utility": self.comparison().mean_gain,
+            "frontier_gap": gap.to_dict() if (gap := self.frontier_gap()) is not None else None,
+            "suite": self.suite,
+            "speed": self.speed,
             "degenerate_excluded": self.comparison().excluded,
             "checks": self.checks,
             "stack": self.stack,
@@ -124,6 +143,11 @@ class Run:
             plan.save(out / summary["plan_files"][name])
         if self.examples:
             files.write_text(out / "examples.json", json.dumps(self.examples, indent=1) + "\n", overwrite=False)
+        if self.items:
+            files.write_text(out / "items.json", json.dumps(self.items) + "\n", overwrite=False)
+        if self.generations:
+            lines = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in self.generations)
+            files.write_text(out / "generations.jsonl", lines, overwrite=False)
         files.write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n", overwrite=False)
 
     @classmethod
@@ -139,6 +163,12 @@ class Run:
             results = pd.read_csv(out / "results.csv")
             screening = pd.read_csv(out / "screening.csv") if (out / "screening.csv").is_file() else pd.DataFrame()
             examples = json.loads((out / "examples.json").read_text()) if (out / "examples.json").is_file() else []
+            items = json.loads((out / "items.json").read_text()) if (out / "items.json").is_file() else {}
+            generations = (
+                [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines() if line.strip()]
+                if (out / "generations.jsonl").is_file()
+                else []
+            )
         except (json.JSONDecodeError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
             raise RunDirectoryError(f"{out} holds a damaged run file ({type(err).__name__}: {err}); rerun it") from None
         missing = [
@@ -169,4 +199,8 @@ class Run:
             checks=summary.get("checks", []),
             stack=summary.get("stack", {}),
             examples=examples,
+            items=items,
+            generations=generations,
+            suite=summary.get("suite", {}),
+            speed=summary.get("speed", {}),
         )

@@ -95,11 +95,11 @@ def score_continuations(
 # ------------------------------------------------------------------------------- utility
 
 
-def multiple_choice_accuracy(
+def multiple_choice_correct(
     model: LoadedModel, items: Sequence[MultipleChoice], *, normalise: bool = True, batch_size: BatchSize = None
-) -> float:
-    """Log-likelihood multiple choice (plain text, no chat template): the choice with the
-    highest (length-normalised, by default) log-probability wins."""
+) -> list[bool]:
+    """Log-likelihood multiple choice (plain text, no chat template), per item: does the choice
+    with the highest (length-normalised, by default) log-probability match the answer?"""
     tok = model.tokenizer
     pairs, owners = [], []
     for i, item in enumerate(items):
@@ -111,7 +111,15 @@ def multiple_choice_accuracy(
     per_item: list[list[float]] = [[] for _ in items]
     for owner, s in zip(owners, scored, strict=True):
         per_item[owner].append(s.mean if normalise else s.logprob)
-    return metrics.mc_accuracy(per_item, [item.answer for item in items])
+    return metrics.mc_correct(per_item, [item.answer for item in items])
+
+
+def multiple_choice_accuracy(
+    model: LoadedModel, items: Sequence[MultipleChoice], *, normalise: bool = True, batch_size: BatchSize = None
+) -> float:
+    """The share of :func:`multiple_choice_correct` items."""
+    correct = multiple_choice_correct(model, items, normalise=normalise, batch_size=batch_size)
+    return sum(correct) / len(correct)
 
 
 def response_cross_entropy(

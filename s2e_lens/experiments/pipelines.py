@@ -57,8 +57,17 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
             interventions.orthogonalisation(model, vectors),
             interventions.iti(model, stats, config.iti_k, config.iti_gamma),
         ]
-    results = sweep.run(model, suite, evaluated, progress=progress, max_degenerate=config.max_degenerate)
+    records: sweep.Records = {}
+    results = sweep.run(
+        model, suite, evaluated, progress=progress, max_degenerate=config.max_degenerate, records=records
+    )
     lap("evaluation")
+    speed: dict[str, float] = {}
+    if "generated_tokens" in results:  # generation speed over the whole evaluation (scoring included)
+        speed["generated_tokens"] = int(results["generated_tokens"].sum())
+        speed["generated_tokens_per_s_of_evaluation"] = round(
+            speed["generated_tokens"] / max(timings["evaluation"], 1e-9), 1
+        )
     return Run(
         config=config.to_dict(),
         results=results,
@@ -71,6 +80,10 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         timings=timings,
         checks=[c.__dict__ for c in checks],
         stack=health.stack_versions(),
+        items={label: r["items"] for label, r in records.items() if r["items"]},
+        generations=[{"label": label, **g} for label, r in records.items() for g in r["generations"]],
+        suite=dict(suite.notes),
+        speed=speed,
     )
 
 

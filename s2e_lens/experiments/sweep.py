@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from s2e_lens.behaviours.base import Suite
+from s2e_lens.behaviours.base import GENERATIONS, ITEMS, Suite
 from s2e_lens.core.comparison import DEGENERATE_LIMIT
+from s2e_lens.core.intervals import rate_interval
 from s2e_lens.engine.interventions import Intervention, unedited
 from s2e_lens.engine.scoring import KLReference
 from s2e_lens.models.loaded import LoadedModel
+
+Records = dict[str, dict[str, Any]]  # label -> {"items": per-item scores, "generations": records}
 
 
 def prune(
@@ -48,10 +52,14 @@ def run(
     *,
     progress: bool = True,
     max_degenerate: float = DEGENERATE_LIMIT,
+    records: Records | None = None,
 ) -> pd.DataFrame:
     """Measure every intervention (the unedited model is always included). A row whose
     ``degenerate`` share exceeds ``max_degenerate`` gets ``degenerate_flag`` (see
-    :func:`s2e_lens.core.comparison.sane`)."""
+    :func:`s2e_lens.core.comparison.sane`). Where the suite gives per-item scores, the row
+    gets 95% intervals (``attribute_low/high``, ``utility_low/high``: Wilson over prompts, or
+    the bootstrap over prompts with several samples each); ``records`` (if given) receives
+    each label's per-item scores and generation records."""
     todo = list(interventions)
     if not any(i.kind == "none" for i in todo):
         todo.insert(0, unedited())
@@ -60,7 +68,18 @@ def run(
         started = time.perf_counter()
         with item.active(model):
             figures = suite.measure(model)
+        items = figures.pop(ITEMS, {})
+        generations = figures.pop(GENERATIONS, [])
         row = {**item.describe(), **figures}
+        for axis, scores in items.items():
+            ci = rate_interval(scores)
+            if abs(ci.estimate - float(row[axis])) > 1e-9:  # the items must be what the figure averages
+                raise AssertionError(f"{item.label}: per-item {axis} {ci.estimate} != {row[axis]}")
+            row[f"{axis}_low"], row[f"{axis}_high"] = ci.low, ci.high
         row["degenerate_flag"] = bool(row.get("degenerate", 0.0) > max_degenerate)
+        if generations:
+            row["generated_tokens"] = sum(int(g.get("n_tokens", 0)) for g in generations)
         rows.append({**row, "seconds": round(time.perf_counter() - started, 1)})
+        if records is not None:
+            records[item.label] = {"items": items, "generations": generations}
     return pd.DataFrame(rows)

@@ -241,7 +241,8 @@ def frontier(
     title: str = "Attribute–utility trade-off",
 ) -> go.Figure:
     """The attribute–utility plane: the steering curve (in gamma order, from the unedited
-    model), Steer2Edit points with their Pareto frontier, baselines and the unedited model.
+    model), Steer2Edit points with their Pareto frontier, baselines and the unedited model,
+    with 95% interval bars where the results carry ``<column>_low`` / ``<column>_high``.
     Interventions flagged ``degenerate_flag`` (mostly degenerate generations) are drawn apart
     as grey crosses and left out of the curve and the frontier."""
     if attribute not in results or utility not in results:
@@ -267,11 +268,24 @@ def frontier(
         sub = results[results["kind"] == kind]
         if sub.empty:
             continue
+        bars = {}  # 95% interval bars where the run recorded them
+        for axis, column in (("error_y", attribute), ("error_x", utility)):
+            if f"{column}_low" in sub and f"{column}_high" in sub and sub[f"{column}_low"].notna().all():
+                bars[axis] = dict(
+                    type="data",
+                    symmetric=False,
+                    array=sub[f"{column}_high"] - sub[column],
+                    arrayminus=sub[column] - sub[f"{column}_low"],
+                    thickness=1,
+                    width=3,
+                    color=style["color"],
+                )
         fig.add_trace(
             go.Scatter(
                 x=sub[utility],
                 y=sub[attribute],
                 mode="markers",
+                **bars,
                 name=style["name"],
                 text=sub["label"],
                 marker=dict(

@@ -147,12 +147,22 @@ def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
             f"Kept out of the comparison because their generations are mostly degenerate "
             f"(loops, repeated tokens, runs of punctuation): **{names}**."
         )
+    estimate = run.frontier_gap()
+    if estimate is not None:
+        g, iv = estimate.gap, estimate.interval
+        lines.append(
+            f"Frontiers compared over the utility range both reach ({g.low:.3f} to {g.high:.3f}): Steer2Edit's "
+            f"attribute minus steering's, mean **{g.mean:+.3f}** (95% paired bootstrap interval "
+            f"{iv.low:+.3f} to {iv.high:+.3f}; largest difference {g.largest:+.3f} at utility {g.at:.3f}): "
+            f"**{estimate.verdict()}**."
+        )
+    elif run.items:
+        lines.append("The two frontiers share no utility range on this run: no matched comparison can be made.")
     gain = run.comparison().mean_gain
     if not math.isnan(gain):
-        verdict = "Steer2Edit is ahead" if gain > 0 else "steering is ahead" if gain < 0 else "they tie"
         lines.append(
-            f"Mean attribute gain of Steer2Edit over steering at matched utility: **{gain:+.3f}** "
-            f"({verdict} on this run)."
+            f"Mean of the gains at each utility level steering reaches (the unedited model included; "
+            f"no interval, kept for comparison with earlier runs): {gain:+.3f}."
         )
     if "kl" in results and (results["kind"] == "edit").any() and (results["kind"] == "steer").any():
         kl_gain = compare(results.assign(neg_kl=-results["kl"]), utility="neg_kl").mean_gain
