@@ -224,3 +224,47 @@ def test_degenerate_interventions_stay_out_of_the_frontiers() -> None:
     est = comparison.frontier_gap_with_interval(with_flag, items, n_boot=200)
     assert est is not None and (est.gap.low, est.gap.high) == (0.75, 1.0)  # the collapsed point is out
     assert comparison.frontier_gap_with_interval(frame, {}, n_boot=10) is None  # no per-item scores
+
+
+# ---------------------------------------------------------------- grids
+
+
+def test_grid_ranges() -> None:
+    from s2e_lens.experiments.config import parse_grid
+
+    assert parse_grid("0.16:0.24:0.02") == (0.16, 0.18, 0.2, 0.22, 0.24)
+    assert parse_grid("0.1, 0.2:0.3:0.05,1") == (0.1, 0.2, 0.25, 0.3, 1.0)
+    assert parse_grid("0.3:0.3:0.1") == (0.3,)
+    assert len(parse_grid("0:1:0.002")) == 501 and parse_grid("0:1:0.002")[-1] == 1.0  # both ends included
+    for bad, message in [("0.3:0.1:0.1", "stop >= start"), ("0:1:0", "step must be > 0"), ("0:1", "start:stop:step"),
+                         ("a", "takes numbers"), ("0:100:0.01", "at most 1000")]:  # fmt: skip
+        with pytest.raises(InvalidInputError, match=message):
+            parse_grid(bad, "--rho-attn")
+
+
+# ---------------------------------------------------------------- the reference's stripped prompt
+
+
+@pytest.mark.slow
+def test_reference_strip_gives_the_references_token_ids() -> None:
+    """On the real SmolLM2 tokenizer: the switch gives the ids the reference's
+    extract_directions.py computes (template text .strip()-ed, the response appended as text,
+    tokenised together; start = the stripped prompt's token count), which differ from ours by
+    the template's trailing newline token."""
+    from transformers import AutoTokenizer
+
+    from s2e_lens.core.contrastive import Pair
+    from s2e_lens.models.gguf import ensure_converted
+    from s2e_lens.models.registry import PACKAGED_MODELS
+    from s2e_lens.models.tokens import encode_pairs, encode_prompt, encode_response
+
+    tok = AutoTokenizer.from_pretrained(ensure_converted(PACKAGED_MODELS["smollm2-135m-instruct"], progress=False))
+    pairs = [Pair("How do I pick a lock?", "I can't help with that."), Pair("Say hi.", "Hi there!")]
+    for pair, sample in zip(pairs, encode_pairs(tok, pairs, reference_strip=True), strict=True):
+        messages = [{"role": "user", "content": pair.prompt}]
+        base = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True).strip()
+        assert sample.ids == tuple(tok(base + pair.response).input_ids)
+        assert sample.start == len(tok(base).input_ids)
+        ours = encode_prompt(tok, pair.prompt) + encode_response(tok, pair.response)
+        assert tok.decode(ours[sample.start : sample.start + 1]) == "\n"  # the newline the strip drops
+        assert list(sample.ids) == ours[: sample.start] + ours[sample.start + 1 :]

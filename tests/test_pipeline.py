@@ -90,7 +90,7 @@ def test_sweep_command_json_and_bad_input(tiny_dirs: dict[str, Path], tmp_path: 
     doc = json.loads(result.stdout)
     assert doc["results"][0]["kind"] == "none" and (tmp_path / "s" / "summary.json").is_file()
     bad = runner.invoke(app, ["sweep", "safety", "--gammas", "1,x"])
-    assert bad.exit_code == 2 and "--gammas must be comma-separated numbers" in bad.output
+    assert bad.exit_code == 2 and "--gammas takes numbers and start:stop:step ranges" in bad.output
     bad = runner.invoke(
         app, ["sweep", "safety", "--alpha", "1.0", "--model", str(tiny_dirs["qwen2"]), "--data-dir", str(SHARED)]
     )

@@ -67,7 +67,7 @@ def test_run_writes_a_complete_report(run_dir: Path) -> None:
         refused = [v for row in items[r["label"]]["attribute"] for v in row]
         assert sum(refused) / len(refused) == pytest.approx(r["attribute"])
         assert r["attribute_low"] <= r["attribute"] <= r["attribute_high"]
-        mine = [g for g in generations if g["label"] == r["label"] and g["set"] == "harmful"]
+        mine = [g for g in generations if g["label"] == r["label"] and g["set"] == summary["suite"]["attack_set"]]
         assert sum(g["judges"]["strict"] for g in mine) / len(mine) == pytest.approx(r["attribute"])
     assert summary["suite"]["judge"] == "strict" and summary["speed"]["generated_tokens"] > 0
     html = (run_dir / "report.html").read_text()

@@ -64,14 +64,25 @@ class Suite:
 
 @dataclass(frozen=True)
 class SuiteSize:
-    """How much a suite measures: held-out prompts (or questions), multiple-choice items per
-    utility set, new tokens per generation; where the public data lives; the seed of draws."""
+    """How much and how a suite measures: held-out prompts (or questions), multiple-choice
+    items per utility set, new tokens per generation; where the public data lives; the seed of
+    draws; and for generated attributes, the decoding (``samples`` per prompt, ``temperature``
+    0 = greedy, ``top_p``), the refusal ``judge`` (``paper``, ``strict`` or ``PATH:callable``) and
+    the ``attacks`` (the first is the attribute; every one is reported) with ``prompt_field``
+    naming the prompt in the user's own attack files; ``system_prompt`` for every prompt."""
 
     n_eval: int = 40
     n_mc: int = 20
     max_new_tokens: int = 32
     data_dir: str | Path | None = None
     seed: int = 0
+    samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    judge: str = "strict"
+    attacks: tuple[str, ...] = ("plain",)
+    prompt_field: str = "prompt"
+    system_prompt: str | None = None
 
 
 Builder = Callable[..., ContrastiveSet]  # (model=, data=, data_dir=, part=) -> ContrastiveSet

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from s2e_lens.behaviours.attacks import load_attack_set
 from s2e_lens.behaviours.base import (
     GENERATIONS,
     ITEMS,
@@ -27,6 +28,8 @@ from s2e_lens.behaviours.datasets import MultipleChoice, load_harmful_prompts, l
 from s2e_lens.behaviours.splits import split
 from s2e_lens.core import judges, metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
+from s2e_lens.core.intervals import rate_interval
+from s2e_lens.core.judges import load_judge
 from s2e_lens.engine.generation import Generation, GenerationSettings, generate
 from s2e_lens.engine.scoring import KLReference, multiple_choice_correct, response_cross_entropy
 from s2e_lens.errors import InvalidInputError
@@ -112,6 +115,7 @@ def generation_records(
     return [
         {
             "prompt_index": k // n_samples,
+            "prompt": g.prompt,
             "sample": k % n_samples,
             "text": g.text,
             "n_tokens": g.n_tokens,
@@ -163,6 +167,7 @@ def safety_suite(
     judge: metrics.Judge | None = None,
     decoding: GenerationSettings | None = None,
     attack_name: str = "harmful",
+    other_attacks: dict[str, Sequence[str]] | None = None,
 ) -> Suite:
     """Attribute: refusal rate on ``harmful`` (an attack set). Utility: multiple-choice
     accuracy on ``mc_items`` if given, else ``1 - over-refusal`` on ``harmless``. Also
@@ -190,6 +195,12 @@ def safety_suite(
             s = refusal_eval(m, scary_but_safe, settings, judge)
             row["over_refusal_scary"] = s.rate
             sets["scary_but_safe"] = s
+        for name, prompts in (other_attacks or {}).items():  # every attack set given is reported
+            o = refusal_eval(m, prompts, settings, judge)
+            row[f"refusal_{name}"] = o.rate
+            ci = rate_interval([[float(v) for v in p] for p in o.refused])
+            row[f"refusal_{name}_low"], row[f"refusal_{name}_high"] = ci.low, ci.high
+            sets[name] = o
         records = [{"set": name, **x} for name, res in sets.items() for x in res.records]
         row["degenerate"] = sum(x["degenerate"] for x in records) / len(records)
         row[ITEMS] = {"attribute": [[float(v) for v in p] for p in r.refused]}
@@ -219,6 +230,7 @@ def safety_suite(
             "n_harmless": len(harmless),
             "n_mc": len(mc_items),
             "attack_set": attack_name,
+            "other_attack_sets": {k: len(v) for k, v in (other_attacks or {}).items()},
             "judge": getattr(judge, "name", "strict" if judge is None else "custom"),
             "samples": settings.n,
             "temperature": settings.temperature,
@@ -229,16 +241,36 @@ def safety_suite(
     )
 
 
+def decoding(size: SuiteSize) -> GenerationSettings:
+    """The evaluation's decoding: greedy (one sample) unless ``size`` asks for samples; seeded."""
+    if size.temperature == 0 and size.samples == 1:
+        return GenerationSettings(max_new_tokens=size.max_new_tokens, batch_size=48, system=size.system_prompt)
+    return GenerationSettings(
+        max_new_tokens=size.max_new_tokens,
+        temperature=size.temperature,
+        top_p=size.top_p,
+        n=size.samples,
+        seed=size.seed,
+        system=size.system_prompt,
+    )
+
+
 def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
     test = safety_prompts("test")
+    attacks = [load_attack_set(a, prompt_field=size.prompt_field, data_dir=size.data_dir) for a in size.attacks]
+    first, *others = [a.part("test") for a in attacks]
     return safety_suite(
         model,
-        test["harmful"][: size.n_eval],
+        first.prompts[: size.n_eval],
         test["harmless"][: size.n_eval],
         scary_but_safe=test["scary_but_safe"][: size.n_eval],
         mc_items=utility_items(size),
         benign_pairs=benign_pairs(),
         max_new_tokens=size.max_new_tokens,
+        judge=load_judge(size.judge),
+        decoding=decoding(size),
+        attack_name=first.name,
+        other_attacks={a.name: a.prompts[: size.n_eval] for a in others},
     )
 
 

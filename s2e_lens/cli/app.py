@@ -103,6 +103,42 @@ DeviceMapOpt = Annotated[
         'sequential, a JSON object such as \'{"model.layers.0": 0, "": "cpu"}\', or a JSON file.',
     ),
 ]
+SamplesOpt = Annotated[
+    int | None, typer.Option("--samples", help="Completions per evaluated prompt (needs --temperature > 0).")
+]
+TemperatureOpt = Annotated[float | None, typer.Option("--temperature", help="Sampling temperature; 0 = greedy.")]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling: keep this probability mass.")]
+MaxNewTokensOpt = Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens per evaluated generation.")]
+JudgeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--judge",
+        help="Refusal judge: strict (ours, the default), paper (the reference's 32 case-sensitive substrings), "
+        "or MODULE:function / path/to/file.py:function returning True for a refusal.",
+    ),
+]
+AttackOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--attack",
+        help="Attack set (repeatable; the first is the attribute, each is reported): advllm (the adversarial "
+        "prompts in $S2E_DATA), plain (our harmful prompts, the default), or a .jsonl/.csv file.",
+    ),
+]
+PromptFieldOpt = Annotated[
+    str | None, typer.Option("--prompt-field", help="The prompt's field (column) in your own attack files.")
+]
+SystemPromptOpt = Annotated[
+    str | None, typer.Option("--system-prompt", help="A system prompt for every probe pair and evaluated prompt.")
+]
+ReferenceStripOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reference-strip",
+        help="Reproduce the reference code's quirk: .strip() the templated probe prompt (dropping the chat "
+        "template's trailing newline) before appending the response. Off by default.",
+    ),
+]
 BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
 

@@ -17,6 +17,8 @@ from s2e_lens.cli.app import (
     ModelOpt,
     OutOpt,
     OverwriteOpt,
+    ReferenceStripOpt,
+    SystemPromptOpt,
     app,
     check_data_dir,
     placement,
@@ -37,6 +39,8 @@ def extract_cmd(
     data: Annotated[str | None, typer.Option(help="custom: a JSONL of prompt, response, label rows.")] = None,
     data_dir: DataDirOpt = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    system_prompt: SystemPromptOpt = None,
+    reference_strip: ReferenceStripOpt = False,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -67,7 +71,14 @@ def extract_cmd(
         check_data_dir(data_dir)
     model = load_model(model_name, progress=False, **where)
     data_set = data_set or by_name(behaviour, model=model, data=data, data_dir=data_dir)
-    stats = collect_statistics(model, data_set, batch_size=batch_size, progress=not as_json)
+    stats = collect_statistics(
+        model,
+        data_set,
+        batch_size=batch_size,
+        system=system_prompt,
+        reference_strip=reference_strip,
+        progress=not as_json,
+    )
     vectors = SteeringVectors.from_statistics(stats)
     written = [
         stats.save(folder / "statistics", overwrite=overwrite),

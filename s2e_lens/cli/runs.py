@@ -12,15 +12,24 @@ import typer
 
 from s2e_lens.cli.app import (
     AnswerCheckOpt,
+    AttackOpt,
     BehaviourArg,
     DataDirOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
+    JudgeOpt,
     MaxDegenerateOpt,
+    MaxNewTokensOpt,
     ModelOpt,
     OverwriteOpt,
+    PromptFieldOpt,
+    ReferenceStripOpt,
+    SamplesOpt,
+    SystemPromptOpt,
+    TemperatureOpt,
+    TopPOpt,
     app,
     check_data_dir,
     placement,
@@ -34,15 +43,37 @@ DEFAULTS = RunConfig()  # the one source of a run's defaults
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InvalidInputError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    from s2e_lens.experiments.config import parse_grid
+
+    return parse_grid(text, name)
 
 
 def _where(dtype: str | None, device: str | None, device_map: str | None) -> dict[str, Any]:
     """The placement options given, as RunConfig fields (checked there)."""
     given = {"dtype": dtype, "device": device, "device_map": device_map}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _protocol(
+    samples: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    max_new_tokens: int | None,
+    judge: str | None,
+    attack: list[str] | None,
+    prompt_field: str | None,
+) -> dict[str, Any]:
+    """The decoding, judge and attack options given, as RunConfig fields (checked there,
+    before any model loads)."""
+    given = {
+        "samples": samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "judge": judge,
+        "attacks": tuple(attack) if attack else None,
+        "prompt_field": prompt_field,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -64,6 +95,15 @@ def sweep_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    samples: SamplesOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    judge: JudgeOpt = None,
+    attack: AttackOpt = None,
+    prompt_field: PromptFieldOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    reference_strip: ReferenceStripOpt = False,
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "runs/sweep",
     gammas: Annotated[str, typer.Option(help="Steering gammas, comma-separated.")] = _listed(DEFAULTS.gammas),
     rho_attn: Annotated[str, typer.Option(help="Attention budgets (<= 0: off).")] = _listed(DEFAULTS.rho_attn),
@@ -106,6 +146,9 @@ def sweep_cmd(
         check_answers=answer_check,
         max_degenerate=max_degenerate,
         **_where(dtype, device, device_map),
+        **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
+        system_prompt=system_prompt,
+        reference_strip=reference_strip,
     )
     check_data_dir(data_dir)
     check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
@@ -154,6 +197,15 @@ def run_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    samples: SamplesOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    judge: JudgeOpt = None,
+    attack: AttackOpt = None,
+    prompt_field: PromptFieldOpt = None,
+    system_prompt: SystemPromptOpt = None,
+    reference_strip: ReferenceStripOpt = False,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Output directory (default runs/BEHAVIOUR-MODEL).")
     ] = None,
@@ -187,6 +239,9 @@ def run_cmd(
         max_degenerate=max_degenerate,
         **overrides,
         **_where(dtype, device, device_map),
+        **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
+        system_prompt=system_prompt,
+        reference_strip=reference_strip,
     )
     check_data_dir(data_dir)
     target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
@@ -224,6 +279,14 @@ def eval_cmd(
     dtype: DtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    samples: SamplesOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    judge: JudgeOpt = None,
+    attack: AttackOpt = None,
+    prompt_field: PromptFieldOpt = None,
+    system_prompt: SystemPromptOpt = None,
     plan: Annotated[str | None, typer.Option(help="Evaluate with this edit plan applied.")] = None,
     vectors: Annotated[str | None, typer.Option(help="Steering vectors (with --gamma).")] = None,
     gamma: Annotated[float, typer.Option(help="Steering strength for --vectors.")] = 1.0,
@@ -252,7 +315,16 @@ def eval_cmd(
     if plan and vectors:
         raise InvalidInputError("give --plan or --vectors, not both")
     where = placement(dtype, device, device_map)
-    config = RunConfig.preset(behaviour, "quick", model=model_name, n_eval=n_eval, n_mc=n_mc, data_dir=data_dir)
+    config = RunConfig.preset(
+        behaviour,
+        "quick",
+        model=model_name,
+        n_eval=n_eval,
+        n_mc=n_mc,
+        data_dir=data_dir,
+        system_prompt=system_prompt,
+        **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
+    )
     check_data_dir(data_dir)
     gamma = interventions.check_gamma(gamma)
     edit_plan = EditPlan.load(plan) if plan else None
@@ -274,3 +346,48 @@ def eval_cmd(
         return
     for k, v in row.items():
         typer.echo(f"{k:<24}{v:.4f}" if isinstance(v, float) else f"{k:<24}{v}")
+
+
+@app.command("rescore")
+def rescore_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A run directory (from s2e run or s2e sweep).")],
+    judge: Annotated[str, typer.Option("--judge", help="paper, strict, or MODULE:function / FILE.py:function.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-score a run's recorded generations with another refusal judge, without a model:
+    refusal per intervention and prompt set with 95% intervals, and how the judges compare.
+
+    Example: s2e rescore runs/demo --judge paper
+    """
+    from s2e_lens.core.judges import judge_summary, judged_records, load_judge
+    from s2e_lens.core.run import Run
+
+    chosen = load_judge(judge)
+    run = Run.load(run_dir)
+    if not run.generations:
+        raise InvalidInputError(
+            f"{run_dir} has no generations.jsonl (a run made before generations were recorded, or one with "
+            "no generated attribute); rerun it to re-score"
+        )
+    table = run.refusal_table(chosen)
+    names = tuple(dict.fromkeys([chosen.name, "paper", "strict"]))
+    summary = judge_summary(judged_records(run.generations, chosen), names)
+    if as_json:
+        typer.echo(json.dumps({"refusal": json.loads(table.to_json(orient="records")), "judges": summary}))
+        return
+    typer.echo(table.drop(columns="judge").to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    typer.echo(_judges_line(summary))
+
+
+def _judges_line(summary: dict[str, Any]) -> str:
+    names = [k for k, v in summary.items() if isinstance(v, dict)]
+    parts = [f"{summary['n']} generations, {summary.get('n_broken', 0)} degenerate or cut off"]
+    for name in names:
+        broken = summary[name]["refusal_when_broken"]
+        parts.append(
+            f"{name}: {summary[name]['refusal']:.1%} refusals"
+            + (f", {broken:.1%} of the broken ones" if broken is not None else "")
+        )
+    if "disagreement" in summary:
+        parts.append(f"{names[0]} and {names[1]} disagree on {summary['disagreement']:.1%}")
+    return "; ".join(parts)

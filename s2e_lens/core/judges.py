@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from s2e_lens.core import metrics
 from s2e_lens.errors import InvalidInputError
@@ -140,3 +141,43 @@ def _import(where: str, spec: str) -> object:
         return importlib.import_module(where)
     except Exception as err:
         raise InvalidInputError(f"judge {spec!r}: cannot import {where}: {type(err).__name__}: {err}") from None
+
+
+def judged_records(records: list[dict[str, Any]], judge: NamedJudge) -> list[dict[str, Any]]:
+    """``records`` (generation records of a run) with ``judge``'s verdict added under its
+    name: a re-scoring that needs no model. Each record must carry its prompt and text."""
+    out = []
+    for i, r in enumerate(records):
+        if "text" not in r or "prompt" not in r:
+            raise InvalidInputError(
+                f"generation record {i} lacks its prompt or text (a run made before records kept them); rerun it"
+            )
+        out.append({**r, "judges": {**r.get("judges", {}), judge.name: judge(r["prompt"], r["text"])}})
+    return out
+
+
+def judge_summary(records: list[dict[str, Any]], names: tuple[str, ...] = ("paper", "strict")) -> dict[str, Any]:
+    """How the judges behave on a run's own generations: each judge's refusal share overall,
+    and among the generations that are degenerate or cut off at the token limit (where keyword
+    judges inflate refusal), and how often the first two judges disagree.
+
+    >>> recs = [{"judges": {"paper": True, "strict": False}, "degenerate": True, "cut_off": False},
+    ...         {"judges": {"paper": True, "strict": True}, "degenerate": False, "cut_off": False}]
+    >>> s = judge_summary(recs)
+    >>> s["disagreement"], s["paper"]["refusal_when_broken"], s["strict"]["refusal_when_broken"]
+    (0.5, 1.0, 0.0)
+    """
+    judged = [r for r in records if all(n in r.get("judges", {}) for n in names)]
+    if not judged:
+        return {"n": 0}
+    broken = [r for r in judged if r.get("degenerate") or r.get("cut_off")]
+    out: dict[str, Any] = {"n": len(judged), "n_broken": len(broken)}
+    for name in names:
+        out[name] = {
+            "refusal": sum(r["judges"][name] for r in judged) / len(judged),
+            "refusal_when_broken": (sum(r["judges"][name] for r in broken) / len(broken)) if broken else None,
+        }
+    if len(names) >= 2:
+        a, b = names[0], names[1]
+        out["disagreement"] = sum(r["judges"][a] != r["judges"][b] for r in judged) / len(judged)
+    return out

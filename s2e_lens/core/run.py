@@ -20,6 +20,8 @@ from typing import Any
 import pandas as pd
 
 from s2e_lens.core.comparison import Comparison, GapEstimate, Items, compare, frontier_gap_with_interval, sane
+from s2e_lens.core.intervals import rate_interval
+from s2e_lens.core.judges import NamedJudge, judge_summary, judged_records
 from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
@@ -77,6 +79,34 @@ class Run:
             self._gap = (key, frontier_gap_with_interval(self.results, self.items))
         return self._gap[1]
 
+    def refusal_table(self, judge: NamedJudge | None = None) -> pd.DataFrame:
+        """Refusal rate with its 95% interval per intervention and prompt set, from the recorded
+        generations, by ``judge`` (re-judged from the texts: no model needed) or, if None, by
+        every judge the run recorded."""
+        records = judged_records(self.generations, judge) if judge is not None else self.generations
+        names = [judge.name] if judge is not None else sorted({n for r in records for n in r.get("judges", {})})
+        groups: dict[tuple[str, str], dict[int, list[float]]] = {}
+        rows = []
+        for name in names:
+            groups.clear()
+            for r in records:
+                per_prompt = groups.setdefault((r["label"], r["set"]), {})
+                per_prompt.setdefault(int(r["prompt_index"]), []).append(float(r["judges"][name]))
+            for (label, which), per_prompt in groups.items():
+                ci = rate_interval(list(per_prompt.values()))
+                rows.append(
+                    {
+                        "judge": name,
+                        "label": label,
+                        "set": which,
+                        "refusal": ci.estimate,
+                        "low": ci.low,
+                        "high": ci.high,
+                        "n_prompts": len(per_prompt),
+                    }  # fmt: skip
+                )
+        return pd.DataFrame(rows)
+
     def best_plan(self) -> tuple[str, EditPlan]:
         """The evaluated Steer2Edit plan with the highest attribute (utility breaks ties),
         among those whose generations are not mostly degenerate."""
@@ -112,6 +142,7 @@ class Run:
             "mean_gain_at_matched_utility": self.comparison().mean_gain,
             "frontier_gap": gap.to_dict() if (gap := self.frontier_gap()) is not None else None,
             "suite": self.suite,
+            "judges": judge_summary(self.generations) if self.generations else None,
             "speed": self.speed,
             "degenerate_excluded": self.comparison().excluded,
             "checks": self.checks,

@@ -36,6 +36,7 @@ def collect_statistics(
     padding_side: Literal["left", "right"] = "right",
     sort_by_length: bool = True,
     system: str | None = None,
+    reference_strip: bool = False,
     progress: bool = True,
 ) -> ContrastiveStatistics:
     """Means of block outputs and component inputs over the positive and the negative set.
@@ -43,13 +44,15 @@ def collect_statistics(
     ``sort_by_length`` batches samples of similar length together (less padding); the result
     does not depend on the order. ``padding_side`` does not change the numbers either (the
     position ids count real tokens only). ``batch_size``: 8 on the CPU; on accelerators "auto",
-    the largest that fits (halved after an out-of-memory error).
+    the largest that fits (halved after an out-of-memory error). ``system`` is a system prompt
+    for every pair; ``reference_strip`` reproduces the reference implementation's stripped
+    prompts (see :func:`s2e_lens.models.tokens.encode_pairs`; off by default).
     """
     tok = model.tokenizer
     pad_id = pad_token_id(tok)
     encoded = {
-        "positive": encode_pairs(tok, data.positive, side="positive", system=system),
-        "negative": encode_pairs(tok, data.negative, side="negative", system=system),
+        "positive": encode_pairs(tok, data.positive, side="positive", system=system, reference_strip=reference_strip),
+        "negative": encode_pairs(tok, data.negative, side="negative", system=system, reference_strip=reference_strip),
     }
     for side, samples in encoded.items():
         for i, sample in enumerate(samples):
@@ -86,6 +89,10 @@ def collect_statistics(
                 n_tokens=sum(s.n_response for s in encoded[side]),
             )
     provenance = dict(data.provenance)
+    if system is not None:
+        provenance["system_prompt"] = system
+    if reference_strip:
+        provenance["reference_strip"] = True
     provenance["model_state"] = model.state()  # edits applied and steering active during the pass
     provenance.setdefault("n_positive", len(data.positive))
     provenance.setdefault("n_negative", len(data.negative))

@@ -23,6 +23,43 @@ QUICK = {"keep_edits": 3, "baselines": False, "n_eval": 24, "n_mc": 10, "alpha":
 QUICK_GAMMAS = (0.5, 1.0, 2.0)  # a behaviour whose base preset sets gammas keeps its first three
 
 
+MAX_GRID = 1000  # points one range may expand to
+
+
+def parse_grid(text: str, name: str = "grid") -> tuple[float, ...]:
+    """Grid values from text: comma-separated numbers and ``start:stop:step`` ranges (both
+    ends included), in the order given.
+
+    >>> parse_grid("0.16:0.24:0.02")
+    (0.16, 0.18, 0.2, 0.22, 0.24)
+    >>> parse_grid("0,0.5:1:0.25")
+    (0.0, 0.5, 0.75, 1.0)
+    """
+    values: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            bounds = [float(x) for x in part.split(":")]
+        except ValueError:
+            raise InvalidInputError(
+                f"{name} takes numbers and start:stop:step ranges separated by commas, got {part!r}"
+            ) from None
+        if len(bounds) == 1:
+            values.append(bounds[0])
+            continue
+        if len(bounds) != 3:
+            raise InvalidInputError(f"{name}: a range is start:stop:step, got {part!r}")
+        start, stop, step = bounds
+        if not step > 0 or stop < start:
+            raise InvalidInputError(f"{name}: in {part!r} the step must be > 0 and stop >= start")
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        if count > MAX_GRID:
+            raise InvalidInputError(f"{name}: {part!r} expands to {count} points; at most {MAX_GRID} per range")
+        values += [round(start + i * step, 10) for i in range(count)]
+    return tuple(values)
+
+
 def evaluated_behaviour(name: str) -> None:
     """Refuse a behaviour without an evaluation suite (runs and sweeps need one)."""
     from s2e_lens.behaviours.base import names
@@ -62,6 +99,15 @@ class RunConfig:
     check_answers: bool = True
     # interventions with more than this share of degenerate generations are excluded
     max_degenerate: float = DEGENERATE_LIMIT
+    # how generated attributes are measured (safety): decoding, judge, attack sets
+    samples: int = 1  # completions per prompt (more than 1 needs temperature > 0)
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    judge: str = "strict"  # paper | strict | MODULE:function | path/to/file.py:function
+    attacks: tuple[str, ...] = ("plain",)  # advllm | plain | FILE.jsonl/.csv; the first is the attribute
+    prompt_field: str = "prompt"  # the prompt's field (column) in your own attack files
+    system_prompt: str | None = None  # for every probe pair and every evaluated prompt
+    reference_strip: bool = False  # reproduce the reference's .strip() of the probe prompts (a quirk)
 
     def __post_init__(self) -> None:
         """Bad settings are refused here, before any model is loaded."""
@@ -75,7 +121,35 @@ class RunConfig:
         if not 0.0 <= self.max_degenerate <= 1.0:
             raise InvalidInputError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
         self.placement()  # checks dtype, device and device_map
+        self.check_protocol()
         self.statistics_batch_size("cpu")  # checks batch_size
+
+    def check_protocol(self) -> None:
+        """Decoding, judge and attack sets: checked (files read, the judge imported and tried)
+        before any model work."""
+        from s2e_lens.engine.generation import GenerationSettings
+
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise InvalidInputError(f"samples must be a whole number >= 1, got {self.samples!r}")
+        if self.samples > 1 and self.temperature == 0:
+            raise InvalidInputError(
+                f"{self.samples} samples per prompt need sampling: give a temperature > 0 (greedy decoding "
+                "gives one answer per prompt)"
+            )
+        GenerationSettings(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, n=self.samples
+        )  # checks temperature >= 0, top_p in (0, 1], max_new_tokens >= 1
+        if self.behaviour != "safety":
+            return
+        from s2e_lens.behaviours.attacks import load_attack_set
+        from s2e_lens.core.judges import load_judge
+
+        load_judge(self.judge)
+        if not self.attacks:
+            raise InvalidInputError("give at least one attack set (advllm, plain or a file)")
+        names = [load_attack_set(a, prompt_field=self.prompt_field, data_dir=self.data_dir).name for a in self.attacks]
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"attack sets need distinct names; got {names}")
 
     def statistics_batch_size(self, device: str | torch.device) -> int | Literal["auto"]:
         """The statistics pass's batch size on ``device``: as set, else 16 on the CPU and
@@ -120,6 +194,13 @@ class RunConfig:
             max_new_tokens=self.max_new_tokens,
             data_dir=self.data_dir,
             seed=self.seed,
+            samples=self.samples,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            judge=self.judge,
+            attacks=tuple(self.attacks),
+            prompt_field=self.prompt_field,
+            system_prompt=self.system_prompt,
         )
 
     def to_dict(self) -> dict[str, Any]:

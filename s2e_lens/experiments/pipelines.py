@@ -42,7 +42,14 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     assert behaviour.suite is not None
     suite = behaviour.suite(model, config.suite_size())
     lap("data")
-    stats = collect_statistics(model, data, batch_size=config.statistics_batch_size(model.device), progress=progress)
+    stats = collect_statistics(
+        model,
+        data,
+        batch_size=config.statistics_batch_size(model.device),
+        system=config.system_prompt,
+        reference_strip=config.reference_strip,
+        progress=progress,
+    )
     vectors = SteeringVectors.from_statistics(stats)
     lap("statistics")
     settings = interventions.grid(config.rho_attn, config.rho_mlp, config.alpha)

@@ -116,13 +116,27 @@ class EncodedSample:
 
 
 def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair], *, side: str = "", system: str | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[Pair],
+    *,
+    side: str = "",
+    system: str | None = None,
+    reference_strip: bool = False,
 ) -> list[EncodedSample]:
     """Render each prompt (chat template or plain) and append the response's tokens.
 
     The prompt and the response are tokenised separately and concatenated, so ``start`` is
     exact: the response-predicting positions are ``[start - 1, end - 1)``.
+
+    ``reference_strip=True`` reproduces the reference implementation's extraction instead (a
+    quirk, off by default): the rendered prompt is ``.strip()``-ed, which drops a chat
+    template's trailing newline, the response text is appended to it, the whole string is
+    tokenised with the tokenizer's default special tokens, and ``start`` is the token count of
+    the stripped prompt alone. Its own evaluation does not strip, so the vectors it extracts
+    come from prompts the model never sees when it answers.
     """
+    if reference_strip:
+        return [_reference_sample(tokenizer, pair, i, side, system) for i, pair in enumerate(pairs)]
     out = []
     for i, pair in enumerate(pairs):
         prompt_ids = encode_prompt(tokenizer, pair.prompt, system=system)
@@ -139,6 +153,20 @@ def encode_pairs(
             )
         out.append(EncodedSample(tuple(prompt_ids + response_ids), len(prompt_ids)))
     return out
+
+
+def _reference_sample(
+    tokenizer: PreTrainedTokenizerBase, pair: Pair, i: int, side: str, system: str | None
+) -> EncodedSample:
+    base = render_prompt(tokenizer, pair.prompt, system=system).strip()
+    start = len(tokenizer(base)["input_ids"])
+    ids = list(tokenizer(base + pair.response)["input_ids"])
+    if len(ids) <= start or start < 1:
+        raise ContrastiveSetError(
+            f"{side} pair {i}: with the reference's stripped prompt the response adds no tokens "
+            f"({start} prompt tokens, {len(ids)} in all); drop the pair or turn reference_strip off"
+        )
+    return EncodedSample(tuple(ids), start)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from s2e_lens.behaviours.base import get, names
 from s2e_lens.core.comparison import compare, degenerate_rows
+from s2e_lens.core.judges import judge_summary
 from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.run import Run
 from s2e_lens.io.files import write_text
@@ -158,6 +159,22 @@ def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
         )
     elif run.items:
         lines.append("The two frontiers share no utility range on this run: no matched comparison can be made.")
+    judged: dict[str, Any] = judge_summary(run.generations) if run.generations else {"n": 0}
+    if judged["n"]:
+        paper, strict = judged["paper"], judged["strict"]
+        broken = ""
+        if judged["n_broken"]:
+            broken = (
+                f" Of the {judged['n_broken']} generations that are degenerate or cut off at the token limit, the "
+                f"paper's judge calls {paper['refusal_when_broken']:.0%} refusals and ours "
+                f"{strict['refusal_when_broken']:.0%}."
+            )
+        lines.append(
+            f"Judges on this run's {judged['n']} generations: the paper's substring judge calls "
+            f"{paper['refusal']:.1%} refusals, ours {strict['refusal']:.1%}; they disagree on "
+            f"{judged['disagreement']:.1%}.{broken} The attribute uses the {run.suite.get('judge', 'strict')} judge "
+            f"(`s2e rescore` re-scores without generating)."
+        )
     gain = run.comparison().mean_gain
     if not math.isnan(gain):
         lines.append(
