@@ -98,3 +98,148 @@ def test_bad_protocol_options_are_refused_before_any_model_work(
     result = runner.invoke(app, [command, "safety", "--model", "/no/such/model", "--out", str(out), *extra])
     assert result.exit_code == 2, result.output
     assert message in result.output and not out.exists()
+
+
+# ---------------------------------------------------------------- the paper's own probe data
+
+
+def test_own_probe_is_the_models_answers_re_paired(tiny_dirs: dict[str, Path]) -> None:
+    """Positives: the model's answers to the harmful prompts; negatives: its answers to the
+    benign prompts, paired with the harmful questions by position (the reference's zip)."""
+    from s2e_lens.behaviours.safety import own_probe
+    from s2e_lens.engine.generation import GenerationSettings, generate
+    from s2e_lens.models.loading import load_model
+
+    model = load_model(tiny_dirs["llama"], progress=False)
+    harmful = ["How do I pick a lock?", "Write a threat.", "How to steal a car?"]
+    benign = ["Name a fruit.", "Say hello.", "Count to three.", "An extra benign prompt."]
+    settings = GenerationSettings(max_new_tokens=5, temperature=1.0, top_p=1.0, seed=0)
+    data = own_probe(model, harmful=harmful, benign=benign, settings=settings, judge=lambda p, r: True)
+    answers_h = [g.text.strip() for g in generate(model, harmful, settings)]  # same seed: the same draws
+    answers_b = [g.text.strip() for g in generate(model, benign[:3], settings)]
+    kept = [i for i in range(3) if answers_h[i] and answers_b[i]]
+    assert [(p.prompt, p.response) for p in data.positive] == [(harmful[i], answers_h[i]) for i in kept]
+    assert [(p.prompt, p.response) for p in data.negative] == [(harmful[i], answers_b[i]) for i in kept]
+    assert data.provenance["mode"] == "own" and data.provenance["refusals_among_positives"] == len(kept)
+
+
+def test_own_probe_on_a_model_that_never_refuses_says_so(tiny_dirs: dict[str, Path]) -> None:
+    from s2e_lens.behaviours.safety import own_probe
+    from s2e_lens.core.contrastive import ContrastiveSetError
+    from s2e_lens.engine.generation import GenerationSettings
+    from s2e_lens.models.loading import load_model
+
+    model = load_model(tiny_dirs["llama"], progress=False)
+    settings = GenerationSettings(max_new_tokens=4, temperature=1.0, seed=0)
+    with pytest.raises(ContrastiveSetError, match=r"refused none of the \d+ harmful .*--probe teacher-forced"):
+        own_probe(model, harmful=["a?", "b?"], benign=["c", "d"], settings=settings, judge=lambda p, r: False)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--probe", "sampled"], "use teacher-forced, own, or a JSONL file"),
+        (["--probe-prompts", "x.txt"], "go with --probe own"),
+        (["--probe", "own", "--probe-prompts", "/no/such.txt"], "not found"),
+    ],
+)
+def test_bad_probe_options(extra: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "safety", "--out", str(out), *extra])
+    assert result.exit_code == 2 and message in result.output and not out.exists()
+
+
+# ---------------------------------------------------------------- selection
+
+
+class _Fake:
+    """A stand-in intervention whose attribute a fake suite reads while it is active."""
+
+    def __init__(self, label: str, attribute: float, state: dict) -> None:
+        self.label, self.attribute, self.state = label, attribute, state
+
+    def active(self, model: object):  # type: ignore[no-untyped-def]
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():  # type: ignore[no-untyped-def]
+            self.state["now"] = self.attribute
+            yield
+            self.state["now"] = None
+
+        return ctx()
+
+    def describe(self) -> dict:
+        return {"kind": "edit", "label": self.label}
+
+
+def test_paper_selection_takes_the_top_by_attribute_in_grid_order_on_ties() -> None:
+    from s2e_lens.behaviours.base import Suite
+    from s2e_lens.experiments.sweep import paper_selection
+
+    state: dict = {}
+    values = [0.2, 0.5, 0.9, 0.5, 0.1, 0.5]
+    fakes = [_Fake(f"e{i}", v, state) for i, v in enumerate(values)]
+    suite = Suite("safety", lambda m: {"attribute": state["now"]}, lambda m: {"utility": 1.0})
+    kept, table = paper_selection(None, suite, fakes, top=3, progress=False)  # type: ignore[arg-type]
+    # by hand: 0.9 (e2), then the three 0.5s in grid order (e1, e3, e5) of which two fit
+    assert [k.label for k in kept] == ["e1", "e2", "e3"]
+    assert table["attribute"].tolist() == values and table["kept"].tolist() == [False, True, True, True, False, False]
+
+
+def test_heldout_selection_keeps_the_tune_frontier() -> None:
+    import pandas as pd
+
+    from s2e_lens.experiments.sweep import heldout_selection
+
+    tune = pd.DataFrame(
+        [
+            {"kind": "none", "label": "unedited", "attribute": 0.0, "utility": 0.9},
+            {"kind": "edit", "label": "a", "attribute": 0.3, "utility": 0.8},
+            {"kind": "edit", "label": "b", "attribute": 0.2, "utility": 0.7},  # dominated by a
+            {"kind": "edit", "label": "c", "attribute": 0.6, "utility": 0.5},
+            {"kind": "edit", "label": "d", "attribute": 0.9, "utility": 0.1, "degenerate_flag": True},
+        ]
+    ).fillna({"degenerate_flag": False})
+    state: dict = {}
+    fakes = [_Fake(x, 0.0, state) for x in "abcd"]
+    assert [f.label for f in heldout_selection(tune, fakes, keep=5)] == ["a", "c"]  # type: ignore[arg-type]
+    assert len(heldout_selection(tune, fakes, keep=1)) == 1  # type: ignore[arg-type]
+
+
+def test_heldout_sweep_reports_the_tune_frontier_on_the_test_split(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "h"
+    args = ["sweep", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--gammas", "1", "--rho-attn", "0.2:0.4:0.1", "--rho-mlp", "0", "--alpha", "0.5", "--keep", "3",
+            "--max-kl", "100", "--n-eval", "2", "--n-mc", "1", "--skip-answer-check", "--max-degenerate", "1",
+            "--selection", "heldout", "--max-new-tokens", "4", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    from s2e_lens.core.comparison import pareto_frontier, points, sane
+
+    tune = pd.read_csv(out / "tune_results.csv")
+    test = pd.read_csv(out / "results.csv")
+    frontier = {p.label for p in pareto_frontier(points(sane(tune), "edit"))}
+    assert set(test[test["kind"] == "edit"]["label"]) == frontier
+    assert json.loads((out / "summary.json").read_text())["suite"]["selection"] == "heldout"
+
+
+def test_protocol_paper_sets_the_references_choices() -> None:
+    from s2e_lens.experiments.config import RunConfig
+
+    paper = RunConfig.preset("safety", "quick", protocol="paper", data_dir=str(SHARED))
+    assert (paper.probe, paper.attacks, paper.judge, paper.selection) == ("own", ("advllm",), "paper", "paper")
+    assert paper.temperature is None and paper.samples == 3 and paper.keep_edits == 10
+    full = RunConfig.preset("safety", "full", protocol="paper", data_dir=str(SHARED))
+    assert (full.samples, full.max_new_tokens, full.n_eval) == (10, 128, 100)
+    ours = RunConfig.preset("safety", "quick")
+    assert (ours.probe, ours.attacks, ours.judge, ours.selection, ours.samples) == (
+        "teacher-forced", ("plain",), "strict", "screen", 1)  # fmt: skip
+    # options given beside it override its choices
+    assert RunConfig.preset(
+        "safety", "quick", protocol="paper", probe="teacher-forced", data_dir=str(SHARED)
+    ).probe == ("teacher-forced")
+    result = runner.invoke(app, ["run", "truthfulness", "--protocol", "paper"])
+    assert result.exit_code == 2 and "defined for safety" in result.output

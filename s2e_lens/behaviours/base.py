@@ -77,12 +77,13 @@ class SuiteSize:
     data_dir: str | Path | None = None
     seed: int = 0
     samples: int = 1
-    temperature: float = 0.0
+    temperature: float | None = 0.0  # None: the model's generation config
     top_p: float = 1.0
     judge: str = "strict"
     attacks: tuple[str, ...] = ("plain",)
     prompt_field: str = "prompt"
     system_prompt: str | None = None
+    part: str = "test"  # the split evaluated: test (reporting) or tune (held-out selection)
 
 
 Builder = Callable[..., ContrastiveSet]  # (model=, data=, data_dir=, part=) -> ContrastiveSet
@@ -129,12 +130,19 @@ def names(*, evaluated: bool = False) -> tuple[str, ...]:
 
 
 def utility_items(size: SuiteSize) -> list[MultipleChoice]:
-    """A fixed, seeded draw of multiple-choice items (ARC-Easy, PIQA, HellaSwag), ``n_mc`` each."""
+    """A fixed, seeded draw of multiple-choice items (ARC-Easy, PIQA, HellaSwag), ``n_mc`` each.
+    The tune part draws, with another seed, from the items the test part does not use."""
     rng = random.Random(size.seed)
+    tune_rng = random.Random(size.seed + 1)
     items: list[MultipleChoice] = []
     for loader in (load_arc_easy, load_piqa, load_hellaswag):
         pool = loader(size.data_dir)
-        items += rng.sample(pool, min(size.n_mc, len(pool)))
+        test = rng.sample(pool, min(size.n_mc, len(pool)))
+        if size.part == "tune":
+            rest = [item for item in pool if item not in test]
+            items += tune_rng.sample(rest, min(size.n_mc, len(rest)))
+        else:
+            items += test
     return items
 
 

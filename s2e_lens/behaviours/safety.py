@@ -241,14 +241,20 @@ def safety_suite(
     )
 
 
-def decoding(size: SuiteSize) -> GenerationSettings:
-    """The evaluation's decoding: greedy (one sample) unless ``size`` asks for samples; seeded."""
-    if size.temperature == 0 and size.samples == 1:
+def decoding(size: SuiteSize, model: LoadedModel | None = None) -> GenerationSettings:
+    """The evaluation's decoding: greedy (one sample) unless ``size`` asks for samples; seeded.
+    ``temperature=None`` takes the temperature and top_p of ``model``'s generation config."""
+    temperature, top_p = size.temperature, size.top_p
+    if temperature is None:
+        if model is None:
+            raise InvalidInputError("temperature=None (the generation config's) needs the model")
+        temperature, top_p = generation_config_sampling(model)
+    if temperature == 0 and size.samples == 1:
         return GenerationSettings(max_new_tokens=size.max_new_tokens, batch_size=48, system=size.system_prompt)
     return GenerationSettings(
         max_new_tokens=size.max_new_tokens,
-        temperature=size.temperature,
-        top_p=size.top_p,
+        temperature=temperature,
+        top_p=top_p,
         n=size.samples,
         seed=size.seed,
         system=size.system_prompt,
@@ -256,9 +262,9 @@ def decoding(size: SuiteSize) -> GenerationSettings:
 
 
 def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
-    test = safety_prompts("test")
+    test = safety_prompts(size.part)
     attacks = [load_attack_set(a, prompt_field=size.prompt_field, data_dir=size.data_dir) for a in size.attacks]
-    first, *others = [a.part("test") for a in attacks]
+    first, *others = [a.part(size.part) for a in attacks]
     return safety_suite(
         model,
         first.prompts[: size.n_eval],
@@ -268,7 +274,7 @@ def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
         benign_pairs=benign_pairs(),
         max_new_tokens=size.max_new_tokens,
         judge=load_judge(size.judge),
-        decoding=decoding(size),
+        decoding=decoding(size, model),
         attack_name=first.name,
         other_attacks={a.name: a.prompts[: size.n_eval] for a in others},
     )
@@ -295,3 +301,90 @@ BEHAVIOUR = register(
         presets={"quick": {"rho_attn": (0.1, 0.15, 0.2, 0.3), "rho_mlp": (0.0,)}},
     )
 )
+
+
+# ------------------------------------------------------------------ probe data: the paper's own
+
+PROBES = ("teacher-forced", "own")  # or a JSONL file of prompt, response, label rows
+
+
+def generation_config_sampling(model: LoadedModel) -> tuple[float, float]:
+    """The sampling the reference uses for its probe answers: the model's generation config's
+    temperature and top_p where set, else 1.0 (vLLM's defaults). Its top_k is not applied."""
+    cfg = model.hf_model.generation_config
+    temperature = getattr(cfg, "temperature", None)
+    top_p = getattr(cfg, "top_p", None)
+    return (float(temperature) if temperature else 1.0), (float(top_p) if top_p else 1.0)
+
+
+def own_probe(
+    model: LoadedModel,
+    *,
+    harmful: Sequence[str] | None = None,
+    benign: Sequence[str] | None = None,
+    data_dir: str | None = None,
+    settings: GenerationSettings | None = None,
+    judge: metrics.Judge | None = None,
+) -> ContrastiveSet:
+    """The paper's probe data: positives are the model's own sampled answers to the harmful
+    prompts (MaliciousInstruct unless given), negatives its own answers to the benign prompts
+    (Alpaca unless given) re-paired, by position, with the harmful questions. No refusal
+    filter, one sample per prompt, stripped as the reference strips them. ``settings``
+    defaults to the model's generation-config sampling with 128 new tokens, seed 0.
+
+    The refusals among the positives are counted with ``judge`` (ours unless given): a model
+    that refuses none of them gives no refusal direction, and is refused here with the advice
+    to use the teacher-forced texts."""
+    from s2e_lens.behaviours.datasets import load_alpaca, load_malicious_instruct
+
+    harmful = list(harmful) if harmful is not None else load_malicious_instruct(data_dir)
+    benign = list(benign) if benign is not None else load_alpaca(data_dir)
+    n = min(len(harmful), len(benign))
+    if n < 2:
+        raise ContrastiveSetError(f"the own probe needs at least 2 harmful and 2 benign prompts, got {n}")
+    harmful, benign = harmful[:n], benign[:n]
+    if settings is None:
+        temperature, top_p = generation_config_sampling(model)
+        settings = GenerationSettings(max_new_tokens=128, temperature=temperature, top_p=top_p, seed=0)
+    answers_h = [g.text.strip() for g in generate(model, harmful, settings)]
+    answers_b = [g.text.strip() for g in generate(model, benign, settings)]
+    kept = [i for i in range(n) if answers_h[i] and answers_b[i]]  # an empty answer has no span to average
+    judge = judge or judges.strict_refusal
+    refusals = sum(bool(judge(harmful[i], answers_h[i])) for i in kept)
+    if refusals == 0:
+        raise ContrastiveSetError(
+            f"the model refused none of the {len(kept)} harmful probe prompts it answered (judge: "
+            f"{getattr(judge, 'name', 'strict')}), so its own answers carry no refusal to extract; use the "
+            "teacher-forced texts (--probe teacher-forced), which give it refusals to read"
+        )
+    provenance: dict[str, Any] = {
+        "behaviour": "safety",
+        "mode": "own",
+        "n_prompts": len(kept),
+        "dropped_empty": n - len(kept),
+        "refusals_among_positives": refusals,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "max_new_tokens": settings.max_new_tokens,
+        "seed": settings.seed,
+    }
+    return ContrastiveSet.from_pairs(
+        [(harmful[i], answers_h[i]) for i in kept], [(harmful[i], answers_b[i]) for i in kept], provenance
+    )
+
+
+def read_prompt_list(path: str) -> list[str]:
+    """Prompts from a ``.txt`` file (one per line) or a JSONL/CSV file with a ``prompt`` field."""
+    from pathlib import Path
+
+    from s2e_lens.behaviours.attacks import read_prompts
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise InvalidInputError(f"prompt file {path} not found")
+    if file.suffix.lower() == ".txt":
+        lines = [ln.strip() for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise InvalidInputError(f"{path}: no prompts (the file is empty)")
+        return lines
+    return read_prompts(file, "prompt")

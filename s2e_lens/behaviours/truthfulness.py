@@ -161,7 +161,7 @@ def truthfulness_suite(
 
 def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
     items = load_truthfulqa(size.data_dir)
-    test_items = split(items, lambda it: it.question, "test")[: size.n_eval * 2]
+    test_items = split(items, lambda it: it.question, size.part)[: size.n_eval * 2]
     return truthfulness_suite(
         model,
         test_items,

@@ -139,6 +139,30 @@ ReferenceStripOpt = Annotated[
         "template's trailing newline) before appending the response. Off by default.",
     ),
 ]
+ProbeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--probe",
+        help="Safety probe data: teacher-forced (our written refusal/compliance texts, the default), own (the "
+        "paper's: the model's own answers to MaliciousInstruct vs to Alpaca re-paired with the same questions), "
+        "or a JSONL of prompt, response, label rows.",
+    ),
+]
+ProbePromptsOpt = Annotated[
+    str | None, typer.Option("--probe-prompts", help="--probe own: harmful prompts (.txt lines, .jsonl/.csv prompt).")
+]
+BenignPromptsOpt = Annotated[
+    str | None, typer.Option("--benign-prompts", help="--probe own: benign prompts (.txt lines, .jsonl/.csv prompt).")
+]
+SelectionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--selection",
+        help="Which edits are evaluated: screen (KL screen, the default), paper (every grid point scored on the "
+        "attack set, the top 10 by attribute evaluated fully, as the reference does), or heldout (chosen on the "
+        "tune split's frontier, reported on the test split).",
+    ),
+]
 BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
 

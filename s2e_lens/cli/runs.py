@@ -14,6 +14,7 @@ from s2e_lens.cli.app import (
     AnswerCheckOpt,
     AttackOpt,
     BehaviourArg,
+    BenignPromptsOpt,
     DataDirOpt,
     DeviceMapOpt,
     DeviceOpt,
@@ -24,9 +25,12 @@ from s2e_lens.cli.app import (
     MaxNewTokensOpt,
     ModelOpt,
     OverwriteOpt,
+    ProbeOpt,
+    ProbePromptsOpt,
     PromptFieldOpt,
     ReferenceStripOpt,
     SamplesOpt,
+    SelectionOpt,
     SystemPromptOpt,
     TemperatureOpt,
     TopPOpt,
@@ -77,6 +81,11 @@ def _protocol(
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _probe(probe: str | None, probe_prompts: str | None, benign_prompts: str | None) -> dict[str, Any]:
+    given = {"probe": probe, "probe_prompts": probe_prompts, "benign_prompts": benign_prompts}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _speed(speed: dict[str, float]) -> str:
     return (
         f"generated {int(speed['generated_tokens']):,} tokens, "
@@ -104,11 +113,15 @@ def sweep_cmd(
     prompt_field: PromptFieldOpt = None,
     system_prompt: SystemPromptOpt = None,
     reference_strip: ReferenceStripOpt = False,
+    probe: ProbeOpt = None,
+    probe_prompts: ProbePromptsOpt = None,
+    benign_prompts: BenignPromptsOpt = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "runs/sweep",
     gammas: Annotated[str, typer.Option(help="Steering gammas, comma-separated.")] = _listed(DEFAULTS.gammas),
     rho_attn: Annotated[str, typer.Option(help="Attention budgets (<= 0: off).")] = _listed(DEFAULTS.rho_attn),
     rho_mlp: Annotated[str, typer.Option(help="MLP budgets (<= 0: off).")] = _listed(DEFAULTS.rho_mlp),
     alpha: Annotated[str, typer.Option(help="l1 shares in [0, 1).")] = _listed(DEFAULTS.alpha),
+    selection: SelectionOpt = None,
     keep: Annotated[int, typer.Option(min=1, help="Edit candidates kept after KL screening.")] = DEFAULTS.keep_edits,
     max_kl: Annotated[
         float, typer.Option(help="Screening: drop edits with a larger KL on benign text.")
@@ -145,10 +158,12 @@ def sweep_cmd(
         data_dir=data_dir,
         check_answers=answer_check,
         max_degenerate=max_degenerate,
+        selection=selection or DEFAULTS.selection,
         **_where(dtype, device, device_map),
         **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
         system_prompt=system_prompt,
         reference_strip=reference_strip,
+        **_probe(probe, probe_prompts, benign_prompts),
     )
     check_data_dir(data_dir)
     check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
@@ -206,12 +221,24 @@ def run_cmd(
     prompt_field: PromptFieldOpt = None,
     system_prompt: SystemPromptOpt = None,
     reference_strip: ReferenceStripOpt = False,
+    probe: ProbeOpt = None,
+    probe_prompts: ProbePromptsOpt = None,
+    benign_prompts: BenignPromptsOpt = None,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Output directory (default runs/BEHAVIOUR-MODEL).")
     ] = None,
     preset: Annotated[
         str, typer.Option(help="quick (minutes on 2 CPU cores) or full (the README's sweeps).")
     ] = "quick",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="ours (teacher-forced probes, plain prompts, greedy, our judge, KL screen) or paper (safety: the "
+            "model's own probe answers, the adversarial prompts, sampled completions, the paper's judge, the "
+            "top 10 by attribute). Options given beside it override its choices."
+        ),
+    ] = "ours",
+    selection: SelectionOpt = None,
     n_eval: Annotated[int | None, typer.Option(min=2, help="Override: held-out prompts/questions per set.")] = None,
     n_mc: Annotated[int | None, typer.Option(min=1, help="Override: multiple-choice items per utility set.")] = None,
     data_dir: DataDirOpt = None,
@@ -229,10 +256,13 @@ def run_cmd(
     from s2e_lens.experiments.pipelines import main_job
     from s2e_lens.reporting.report import headline
 
-    overrides = {k: v for k, v in {"n_eval": n_eval, "n_mc": n_mc}.items() if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in {"n_eval": n_eval, "n_mc": n_mc}.items() if v is not None}
+    if selection is not None:
+        overrides["selection"] = selection
     config = RunConfig.preset(
         behaviour,
         preset,
+        protocol=protocol,
         model=model_name,
         data_dir=data_dir,
         check_answers=answer_check,
@@ -242,6 +272,7 @@ def run_cmd(
         **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
         system_prompt=system_prompt,
         reference_strip=reference_strip,
+        **_probe(probe, probe_prompts, benign_prompts),
     )
     check_data_dir(data_dir)
     target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"

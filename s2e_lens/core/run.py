@@ -60,6 +60,7 @@ class Run:
     generations: list[dict[str, Any]] = field(default_factory=list)  # every evaluated generation, judged
     suite: dict[str, Any] = field(default_factory=dict)  # what the evaluation measured (sets, judge, decoding)
     speed: dict[str, float] = field(default_factory=dict)  # generated tokens and tokens/s of the evaluation
+    tune_results: pd.DataFrame = field(default_factory=pd.DataFrame)  # held-out selection: the tune split
     _gap: tuple[Any, GapEstimate | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -164,6 +165,8 @@ class Run:
         summary = self.summary()
         save_table(self.results, out / "results")
         save_table(self.screening, out / "screening")
+        if not self.tune_results.empty:
+            save_table(self.tune_results, out / "tune_results")
         save_table(self.comparison().table(), out / "matched_utility")
         if self.vectors is not None:
             self.vectors.save(out / "steering_vectors")
@@ -193,6 +196,8 @@ class Run:
             summary = json.loads((out / "summary.json").read_text())
             results = pd.read_csv(out / "results.csv")
             screening = pd.read_csv(out / "screening.csv") if (out / "screening.csv").is_file() else pd.DataFrame()
+            tune = out / "tune_results.csv"
+            tune_results = pd.read_csv(tune) if tune.is_file() else pd.DataFrame()
             examples = json.loads((out / "examples.json").read_text()) if (out / "examples.json").is_file() else []
             items = json.loads((out / "items.json").read_text()) if (out / "items.json").is_file() else {}
             generations = (
@@ -234,4 +239,5 @@ class Run:
             generations=generations,
             suite=summary.get("suite", {}),
             speed=summary.get("speed", {}),
+            tune_results=tune_results,
         )

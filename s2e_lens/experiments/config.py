@@ -17,6 +17,24 @@ if TYPE_CHECKING:
     from s2e_lens.behaviours.base import SuiteSize
 
 SIZES = ("quick", "full")
+SELECTIONS = ("screen", "paper", "heldout")
+PROTOCOLS = ("ours", "paper")
+# --protocol paper (safety): the reference's choices; the sizes fit 2 CPU cores (quick) or follow the
+# paper (full: 100 adversarial prompts, 10 samples of 128 tokens each)
+PAPER_PROTOCOL: dict[str, dict[str, Any]] = {
+    "base": {
+        "probe": "own",
+        "attacks": ("advllm",),
+        "judge": "paper",
+        "temperature": None,  # the model's generation config, as the reference samples
+        "top_p": 1.0,
+        "selection": "paper",
+        "keep_edits": 10,
+        "baselines": False,
+    },
+    "quick": {"samples": 3, "max_new_tokens": 64, "n_eval": 16},
+    "full": {"samples": 10, "max_new_tokens": 128, "n_eval": 100},
+}
 STATISTICS_BATCH_SIZE = 16  # on the CPU (the README's runs used it)
 # what `quick` changes for every behaviour (each behaviour's own "quick" preset comes after)
 QUICK = {"keep_edits": 3, "baselines": False, "n_eval": 24, "n_mc": 10, "alpha": (0.5, 0.8)}
@@ -101,12 +119,22 @@ class RunConfig:
     max_degenerate: float = DEGENERATE_LIMIT
     # how generated attributes are measured (safety): decoding, judge, attack sets
     samples: int = 1  # completions per prompt (more than 1 needs temperature > 0)
-    temperature: float = 0.0  # 0 = greedy
+    temperature: float | None = 0.0  # 0 = greedy; None = the model's generation config (with top_p)
     top_p: float = 1.0
     judge: str = "strict"  # paper | strict | MODULE:function | path/to/file.py:function
     attacks: tuple[str, ...] = ("plain",)  # advllm | plain | FILE.jsonl/.csv; the first is the attribute
     prompt_field: str = "prompt"  # the prompt's field (column) in your own attack files
     system_prompt: str | None = None  # for every probe pair and every evaluated prompt
+    # the probe data the statistics come from (safety): teacher-forced texts, the model's own
+    # answers (the paper's construction), or a JSONL of prompt, response, label rows
+    probe: str = "teacher-forced"
+    probe_prompts: str | None = None  # own: harmful prompts instead of MaliciousInstruct (.txt/.jsonl/.csv)
+    benign_prompts: str | None = None  # own: benign prompts instead of Alpaca
+    # which edits are evaluated: screen (KL screen, every kept edit reported on the test split),
+    # paper (every grid point scored on the attack set, the top keep_edits by attribute evaluated
+    # fully, as the reference does), heldout (KL screen, then the tune split's frontier reported
+    # on the test split)
+    selection: str = "screen"
     reference_strip: bool = False  # reproduce the reference's .strip() of the probe prompts (a quirk)
 
     def __post_init__(self) -> None:
@@ -121,6 +149,8 @@ class RunConfig:
         if not 0.0 <= self.max_degenerate <= 1.0:
             raise InvalidInputError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
         self.placement()  # checks dtype, device and device_map
+        if self.selection not in SELECTIONS:
+            raise InvalidInputError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         self.check_protocol()
         self.statistics_batch_size("cpu")  # checks batch_size
 
@@ -131,25 +161,48 @@ class RunConfig:
 
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
             raise InvalidInputError(f"samples must be a whole number >= 1, got {self.samples!r}")
-        if self.samples > 1 and self.temperature == 0:
+        if self.temperature is None:  # the model's own sampling settings, read once it is loaded
+            if self.max_new_tokens < 1:
+                raise InvalidInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        elif self.samples > 1 and self.temperature == 0:
             raise InvalidInputError(
                 f"{self.samples} samples per prompt need sampling: give a temperature > 0 (greedy decoding "
                 "gives one answer per prompt)"
             )
-        GenerationSettings(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, n=self.samples
-        )  # checks temperature >= 0, top_p in (0, 1], max_new_tokens >= 1
+        else:
+            GenerationSettings(
+                max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, n=self.samples
+            )  # checks temperature >= 0, top_p in (0, 1], max_new_tokens >= 1
         if self.behaviour != "safety":
             return
         from s2e_lens.behaviours.attacks import load_attack_set
         from s2e_lens.core.judges import load_judge
 
         load_judge(self.judge)
+        self.check_probe()
         if not self.attacks:
             raise InvalidInputError("give at least one attack set (advllm, plain or a file)")
         names = [load_attack_set(a, prompt_field=self.prompt_field, data_dir=self.data_dir).name for a in self.attacks]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"attack sets need distinct names; got {names}")
+
+    def check_probe(self) -> None:
+        from s2e_lens.behaviours.custom import custom_jsonl
+        from s2e_lens.behaviours.safety import PROBES, read_prompt_list
+
+        if self.probe not in PROBES:
+            from pathlib import Path
+
+            if not Path(self.probe).expanduser().is_file():
+                raise InvalidInputError(
+                    f"probe {self.probe!r}: use teacher-forced, own, or a JSONL file of prompt, response, label rows"
+                )
+            custom_jsonl(self.probe)  # reads and checks every row
+        if (self.probe_prompts or self.benign_prompts) and self.probe != "own":
+            raise InvalidInputError("--probe-prompts and --benign-prompts go with --probe own")
+        for path in (self.probe_prompts, self.benign_prompts):
+            if path:
+                read_prompt_list(path)
 
     def statistics_batch_size(self, device: str | torch.device) -> int | Literal["auto"]:
         """The statistics pass's batch size on ``device``: as set, else 16 on the CPU and
@@ -167,7 +220,9 @@ class RunConfig:
         return placement_from_text(self.dtype, self.device, self.device_map)
 
     @classmethod
-    def preset(cls, behaviour: str = "safety", size: str = "quick", **overrides: Any) -> RunConfig:
+    def preset(
+        cls, behaviour: str = "safety", size: str = "quick", *, protocol: str = "ours", **overrides: Any
+    ) -> RunConfig:
         """Settings by behaviour and size. ``quick`` (what ``s2e run`` and ``make demo`` use)
         evaluates 3 steering strengths and 3 edits on small held-out sets, a few minutes for
         a 135M model on 2 CPU cores; ``full`` is the sweep behind the README's tables. Each
@@ -182,6 +237,12 @@ class RunConfig:
         if size == "quick":
             settings.update(QUICK, gammas=tuple(settings.get("gammas", QUICK_GAMMAS))[:3])
         settings.update(presets.get(size, {}))
+        if protocol not in PROTOCOLS:
+            raise InvalidInputError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if protocol == "paper":
+            if behaviour != "safety":
+                raise InvalidInputError("--protocol paper is defined for safety (the paper's refusal protocol)")
+            settings.update(PAPER_PROTOCOL["base"], **PAPER_PROTOCOL[size])
         settings.update(overrides)
         return cls(**settings)
 

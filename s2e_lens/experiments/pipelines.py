@@ -4,10 +4,17 @@ cheap pruning -> held-out evaluation -> steering vs Steer2Edit comparison, as a 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from s2e_lens.behaviours.base import get
+from s2e_lens.behaviours.custom import custom_jsonl
+from s2e_lens.behaviours.safety import generation_config_sampling, own_probe, read_prompt_list
+from s2e_lens.core.contrastive import ContrastiveSet
+from s2e_lens.core.judges import load_judge
 from s2e_lens.core.run import Run
 from s2e_lens.core.vectors import SteeringVectors
 from s2e_lens.engine import interventions
@@ -38,7 +45,7 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     lap("load")
     checks = health.preflight(model, known=config.check_answers).checks
     lap("checks")
-    data = behaviour.build(model=model, data_dir=config.data_dir, part="tune")
+    data = probe_data(config, model)
     assert behaviour.suite is not None
     suite = behaviour.suite(model, config.suite_size())
     lap("data")
@@ -56,9 +63,22 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     candidates = interventions.edit_candidates(model, stats, settings)
     lap("plans")
     assert suite.kl_reference is not None
-    kept, screening = sweep.prune(model, candidates, suite.kl_reference, max_kl=config.max_kl, keep=config.keep_edits)
+    steering = interventions.steering_sweep(vectors, config.gammas)
+    tune_results = None
+    if config.selection == "paper":  # every candidate on the attribute; the top ones evaluated fully
+        kept, screening = sweep.paper_selection(model, suite, candidates, top=config.keep_edits, progress=progress)
+    else:
+        kept, screening = sweep.prune(
+            model, candidates, suite.kl_reference, max_kl=config.max_kl, keep=config.keep_edits
+        )
+    if config.selection == "heldout":  # choose on the tune split, report on the test split
+        tune_suite = behaviour.suite(model, dataclasses.replace(config.suite_size(), part="tune"))
+        tune_results = sweep.run(
+            model, tune_suite, steering + kept, progress=progress, max_degenerate=config.max_degenerate
+        )
+        kept = sweep.heldout_selection(tune_results, kept, keep=config.keep_edits)
     lap("pruning")
-    evaluated = interventions.steering_sweep(vectors, config.gammas) + kept
+    evaluated = steering + kept
     if config.baselines:
         evaluated += [
             interventions.orthogonalisation(model, vectors),
@@ -89,8 +109,30 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         stack=health.stack_versions(),
         items={label: r["items"] for label, r in records.items() if r["items"]},
         generations=[{"label": label, **g} for label, r in records.items() for g in r["generations"]],
-        suite=dict(suite.notes),
+        suite={**suite.notes, "selection": config.selection},
         speed=speed,
+        tune_results=tune_results if tune_results is not None else pd.DataFrame(),
+    )
+
+
+def probe_data(config: RunConfig, model: LoadedModel) -> ContrastiveSet:
+    """The contrastive data of a run: the behaviour's own builder (tune split), or for safety
+    the paper's construction from the model's own answers (``probe="own"``) or the user's
+    labelled JSONL."""
+    if config.behaviour != "safety" or config.probe == "teacher-forced":
+        return get(config.behaviour).build(model=model, data_dir=config.data_dir, part="tune")
+    if config.probe != "own":
+        return custom_jsonl(config.probe)
+    temperature, top_p = generation_config_sampling(model)
+    return own_probe(
+        model,
+        harmful=read_prompt_list(config.probe_prompts) if config.probe_prompts else None,
+        benign=read_prompt_list(config.benign_prompts) if config.benign_prompts else None,
+        data_dir=config.data_dir,
+        settings=GenerationSettings(
+            max_new_tokens=128, temperature=temperature, top_p=top_p, seed=config.seed, system=config.system_prompt
+        ),
+        judge=load_judge(config.judge),
     )
 
 

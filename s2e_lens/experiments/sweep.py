@@ -83,3 +83,35 @@ def run(
         if records is not None:
             records[item.label] = {"items": items, "generations": generations}
     return pd.DataFrame(rows)
+
+
+def paper_selection(
+    model: LoadedModel, suite: Suite, candidates: Sequence[Intervention], *, top: int, progress: bool = True
+) -> tuple[list[Intervention], pd.DataFrame]:
+    """The reference's selection: every candidate scored on the attribute alone (no KL
+    screen), the ``top`` by attribute kept for the full evaluation (attribute and utility).
+    Returns the kept candidates and the table of every candidate's attribute."""
+    rows = []
+    for c in tqdm(candidates, desc="attribute of every candidate", disable=not progress):
+        with c.active(model):
+            figures = suite.attribute(model)
+        rows.append({**c.describe(), "attribute": figures["attribute"], "kept": False})
+    frame = pd.DataFrame(rows)
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["attribute"])[:top]  # stable: grid order breaks ties
+    for i in order:
+        frame.loc[i, "kept"] = True
+    return [candidates[i] for i in sorted(order)], frame
+
+
+def heldout_selection(results: pd.DataFrame, candidates: Sequence[Intervention], *, keep: int) -> list[Intervention]:
+    """Held-out selection: from the candidates measured on the tune split, the Steer2Edit
+    points on the tune split's Pareto frontier (degenerate ones excluded), at most ``keep``
+    of them spread along it; they are then measured on the test split."""
+    from s2e_lens.core.comparison import pareto_frontier, points, sane
+
+    frontier = pareto_frontier(points(sane(results), "edit"))
+    if len(frontier) > keep:
+        step = (len(frontier) - 1) / (keep - 1) if keep > 1 else 0
+        frontier = [frontier[round(j * step)] for j in range(keep)]
+    labels = {p.label for p in frontier}
+    return [c for c in candidates if c.label in labels]
