@@ -243,3 +243,66 @@ def test_protocol_paper_sets_the_references_choices() -> None:
     ).probe == ("teacher-forced")
     result = runner.invoke(app, ["run", "truthfulness", "--protocol", "paper"])
     assert result.exit_code == 2 and "defined for safety" in result.output
+
+
+# ---------------------------------------------------------------- utility by generation
+
+
+@pytest.mark.parametrize(
+    "text, n, expected",
+    [
+        ("B", 4, 1),
+        ("(C) because", 4, 2),
+        ("Answer: D.", 4, 3),
+        ("The answer is A", 2, 0),
+        ("E", 4, None),
+        ("I am not sure", 4, None),
+        ("Apples are red. B", 3, 1),
+        ("a", 4, None),
+    ],  # fmt: skip
+)
+def test_choice_letters(text: str, n: int, expected: int | None) -> None:
+    from s2e_lens.core.metrics import extract_choice
+
+    assert extract_choice(text, n) == expected
+
+
+def test_generated_utility_scores_the_answers_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from s2e_lens.behaviours import base
+    from s2e_lens.core.items import MathItem, MultipleChoice
+    from s2e_lens.engine.generation import Generation
+
+    answers = iter([["B. four", "(A)", "no idea"], ["so it is 12. #### 12", "The answer is 7,000", "5"]])
+
+    def fake_generate(model, prompts, settings=None, **kw):  # type: ignore[no-untyped-def]
+        return [Generation(p, t, 3, True) for p, t in zip(prompts, next(answers), strict=True)]
+
+    monkeypatch.setattr(base, "generate", fake_generate)
+    mc = [MultipleChoice("Question: 2 + 2?\nAnswer:", (" 3", " 4"), 1, "t"),
+          MultipleChoice("Question: x?\nAnswer:", (" a", " b"), 1, "t"),
+          MultipleChoice("Question: y?\nAnswer:", (" a", " b"), 0, "t")]  # fmt: skip
+    correct, records = base.generated_choice_correct(None, mc)  # type: ignore[arg-type]
+    assert correct == [True, False, False] and [r["picked"] for r in records] == [1, 0, None]
+    assert "A. 3\nB. 4" in records[0]["prompt"]
+    math = [MathItem("q1", "12"), MathItem("q2", "7000"), MathItem("q3", "6")]
+    solved, _ = base.gsm8k_correct(None, math)  # type: ignore[arg-type]
+    assert solved == [True, True, False]
+
+
+def test_a_sweep_with_generated_utility(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "g"
+    args = ["sweep", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--gammas", "1", "--rho-attn", "0.3", "--rho-mlp", "0", "--alpha", "0.5", "--keep", "1",
+            "--max-kl", "100", "--n-eval", "2", "--n-mc", "2", "--skip-answer-check", "--max-degenerate", "1",
+            "--utility", "generated", "--gsm8k", "2", "--max-new-tokens", "4", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    for row in results:
+        assert row["utility"] == row["mc_generated"] and 0 <= row["gsm8k_accuracy"] <= 1
+        mine = [g for g in gens if g["label"] == row["label"] and g["set"] == "mc_generated"]
+        assert len(mine) == 6 and row["utility"] == pytest.approx(sum(g["correct"] for g in mine) / 6)
+    # the utility generations do not enter the refusal tables
+    rescored = runner.invoke(app, ["rescore", str(out), "--judge", "paper", "--json"])
+    assert rescored.exit_code == 0 and "mc_generated" not in {r["set"] for r in json.loads(rescored.stdout)["refusal"]}

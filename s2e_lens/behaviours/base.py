@@ -9,12 +9,13 @@ the prompts for example generations and the run presets that suit it. ``register
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from s2e_lens.behaviours.datasets import (
+    MathItem,
     MultipleChoice,
     load_arc_easy,
     load_harmless_prompts,
@@ -22,8 +23,10 @@ from s2e_lens.behaviours.datasets import (
     load_piqa,
 )
 from s2e_lens.behaviours.splits import split
+from s2e_lens.core import metrics
 from s2e_lens.core.contrastive import ContrastiveSet
-from s2e_lens.engine.scoring import KLReference
+from s2e_lens.engine.generation import GenerationSettings, generate
+from s2e_lens.engine.scoring import KLReference, multiple_choice_correct, response_cross_entropy
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 
@@ -84,6 +87,8 @@ class SuiteSize:
     prompt_field: str = "prompt"
     system_prompt: str | None = None
     part: str = "test"  # the split evaluated: test (reporting) or tune (held-out selection)
+    utility: str = "loglik"  # loglik (multiple choice by log-likelihood) or generated (by generated letter)
+    n_gsm8k: int = 0  # also GSM8K accuracy by generation on this many problems (0: not measured)
 
 
 Builder = Callable[..., ContrastiveSet]  # (model=, data=, data_dir=, part=) -> ContrastiveSet
@@ -146,6 +151,13 @@ def utility_items(size: SuiteSize) -> list[MultipleChoice]:
     return items
 
 
+def gsm8k_items(size: SuiteSize) -> list[MathItem]:
+    """The first ``n_gsm8k`` GSM8K problems (none unless asked for)."""
+    from s2e_lens.behaviours.datasets import load_gsm8k
+
+    return load_gsm8k(size.data_dir)[: size.n_gsm8k] if size.n_gsm8k else []
+
+
 def benign_pairs(n: int = 24) -> list[tuple[str, str]]:
     """Benign (prompt, reference response) pairs for cross-entropy and KL: the first ``n``
     harmless rows of the project's prompt set in the tune split, the same for every behaviour
@@ -158,3 +170,87 @@ def held_out_harmless(n: int) -> list[str]:
     """The first ``n`` harmless prompts of the test split (benign generations)."""
     rows = split(load_harmless_prompts(), lambda r: r["prompt"], "test")
     return [r["prompt"] for r in rows[:n]]
+
+
+# ------------------------------------------------------------- utility by generation
+
+
+def generated_choice_correct(
+    model: LoadedModel, items: Sequence[MultipleChoice], settings: GenerationSettings | None = None
+) -> tuple[list[bool], list[dict[str, Any]]]:
+    """Multiple choice answered by generation, as the paper measures utility: each item asked
+    as a lettered question (chat-formatted where the model has a template), the first choice
+    letter of the answer compared with the right one (no letter: wrong). Returns per-item
+    correctness and a record per generation."""
+    settings = settings or GenerationSettings(max_new_tokens=8, batch_size=48)
+    prompts = [metrics.lettered_question(item.context, item.choices) for item in items]
+    gens = generate(model, prompts, settings)
+    correct, records = [], []
+    for i, (item, g) in enumerate(zip(items, gens, strict=True)):
+        picked = metrics.extract_choice(g.text, len(item.choices))
+        correct.append(picked == item.answer)
+        records.append({"set": "mc_generated", "prompt_index": i, "sample": 0, "prompt": g.prompt, "text": g.text,
+                        "n_tokens": g.n_tokens, "picked": picked, "correct": picked == item.answer})  # fmt: skip
+    return correct, records
+
+
+def gsm8k_correct(
+    model: LoadedModel, items: Sequence[MathItem], settings: GenerationSettings | None = None
+) -> tuple[list[bool], list[dict[str, Any]]]:
+    """GSM8K by generation: the final number of each answer (after '####' or 'answer is', else
+    the last number) against the reference answer."""
+    settings = settings or GenerationSettings(max_new_tokens=256, batch_size=16)
+    gens = generate(model, [item.question for item in items], settings)
+    correct = [metrics.answer_correct(g.text, item.answer) for item, g in zip(items, gens, strict=True)]
+    records = [
+        {
+            "set": "gsm8k",
+            "prompt_index": i,
+            "sample": 0,
+            "prompt": g.prompt,
+            "text": g.text,
+            "n_tokens": g.n_tokens,
+            "correct": ok,
+        }  # fmt: skip
+        for i, (g, ok) in enumerate(zip(gens, correct, strict=True))
+    ]
+    return correct, records
+
+
+def utility_measure(
+    mc_items: Sequence[MultipleChoice] = (),
+    benign_pairs: Sequence[tuple[str, str]] = (),
+    *,
+    by_generation: bool = False,
+    gsm8k_items: Sequence[MathItem] = (),
+) -> Measure:
+    """The utility side of a suite: benign cross-entropy, multiple-choice accuracy by
+    log-likelihood (``mc_accuracy``) and, with ``by_generation``, by generated letter
+    (``mc_generated``, then the utility), and GSM8K accuracy by generation if items are given.
+    Per-item scores and generation records go with the row."""
+
+    def utility(m: LoadedModel) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        items: dict[str, list[list[float]]] = {}
+        records: list[dict[str, Any]] = []
+        if benign_pairs:
+            row["benign_ce"] = response_cross_entropy(m, benign_pairs)
+        if mc_items:
+            correct = multiple_choice_correct(m, mc_items)
+            row["mc_accuracy"] = row["utility"] = sum(correct) / len(correct)
+            if by_generation:
+                correct, recs = generated_choice_correct(m, mc_items)
+                row["mc_generated"] = row["utility"] = sum(correct) / len(correct)
+                records += recs
+            items["utility"] = [[float(c)] for c in correct]
+        if gsm8k_items:
+            solved, recs = gsm8k_correct(m, gsm8k_items)
+            row["gsm8k_accuracy"] = sum(solved) / len(solved)
+            records += recs
+        if items:
+            row[ITEMS] = items
+        if records:
+            row[GENERATIONS] = records
+        return row
+
+    return utility

@@ -21,17 +21,19 @@ from s2e_lens.behaviours.base import (
     Suite,
     SuiteSize,
     benign_pairs,
+    gsm8k_items,
     register,
     utility_items,
+    utility_measure,
 )
-from s2e_lens.behaviours.datasets import MultipleChoice, load_harmful_prompts, load_safety_prompts
+from s2e_lens.behaviours.datasets import MathItem, MultipleChoice, load_harmful_prompts, load_safety_prompts
 from s2e_lens.behaviours.splits import split
 from s2e_lens.core import judges, metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
 from s2e_lens.core.intervals import rate_interval
 from s2e_lens.core.judges import load_judge
 from s2e_lens.engine.generation import Generation, GenerationSettings, generate
-from s2e_lens.engine.scoring import KLReference, multiple_choice_correct, response_cross_entropy
+from s2e_lens.engine.scoring import KLReference
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 
@@ -168,6 +170,8 @@ def safety_suite(
     decoding: GenerationSettings | None = None,
     attack_name: str = "harmful",
     other_attacks: dict[str, Sequence[str]] | None = None,
+    by_generation: bool = False,
+    gsm8k_items: Sequence[MathItem] = (),
 ) -> Suite:
     """Attribute: refusal rate on ``harmful`` (an attack set). Utility: multiple-choice
     accuracy on ``mc_items`` if given, else ``1 - over-refusal`` on ``harmless``. Also
@@ -210,20 +214,10 @@ def safety_suite(
             row[ITEMS]["utility"] = [[1.0 - float(v) for v in p] for p in b.refused]
         return row
 
-    def utility(m: LoadedModel) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        if benign_pairs:
-            row["benign_ce"] = response_cross_entropy(m, benign_pairs)
-        if mc_items:
-            correct = multiple_choice_correct(m, mc_items)
-            row["mc_accuracy"] = row["utility"] = sum(correct) / len(correct)
-            row[ITEMS] = {"utility": [[float(c)] for c in correct]}
-        return row
-
     return Suite(
         "safety",
         attribute,
-        utility,
+        utility_measure(mc_items, benign_pairs, by_generation=by_generation, gsm8k_items=gsm8k_items),
         KLReference(model, benign_pairs[:16]) if benign_pairs else None,
         {
             "n_harmful": len(harmful),
@@ -237,6 +231,8 @@ def safety_suite(
             "top_p": settings.top_p,
             "max_new_tokens": settings.max_new_tokens,
             "seed": settings.seed,
+            "utility": "mc_generated" if by_generation and mc_items else "mc_accuracy" if mc_items else "harmless",
+            "n_gsm8k": len(gsm8k_items),
         },
     )
 
@@ -277,6 +273,8 @@ def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
         decoding=decoding(size, model),
         attack_name=first.name,
         other_attacks={a.name: a.prompts[: size.n_eval] for a in others},
+        by_generation=size.utility == "generated",
+        gsm8k_items=gsm8k_items(size),
     )
 
 

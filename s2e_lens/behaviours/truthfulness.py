@@ -19,11 +19,13 @@ from s2e_lens.behaviours.base import (
     Suite,
     SuiteSize,
     benign_pairs,
+    gsm8k_items,
     held_out_harmless,
     register,
     utility_items,
+    utility_measure,
 )
-from s2e_lens.behaviours.datasets import MultipleChoice, TruthfulQAItem, load_truthfulqa
+from s2e_lens.behaviours.datasets import MathItem, MultipleChoice, TruthfulQAItem, load_truthfulqa
 from s2e_lens.behaviours.splits import split
 from s2e_lens.core import metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
@@ -31,8 +33,6 @@ from s2e_lens.engine.generation import GenerationSettings, generate
 from s2e_lens.engine.scoring import (
     KLReference,
     Scored,
-    multiple_choice_correct,
-    response_cross_entropy,
     score_continuations,
 )
 from s2e_lens.errors import InvalidInputError
@@ -123,6 +123,8 @@ def truthfulness_suite(
     benign_pairs: Sequence[tuple[str, str]] = (),
     probe_prompts: Sequence[str] = (),
     max_new_tokens: int = 32,
+    by_generation: bool = False,
+    gsm8k_items: Sequence[MathItem] = (),
 ) -> Suite:
     """Attribute: TruthfulQA binary preference on held-out ``test_items`` (MC1 also
     reported). Utility: multiple-choice accuracy on ``mc_items``. The scores are
@@ -140,20 +142,10 @@ def truthfulness_suite(
             row["example_probe"] = texts[0]
         return row
 
-    def utility(m: LoadedModel) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        if mc_items:
-            correct = multiple_choice_correct(m, mc_items)
-            row["mc_accuracy"] = row["utility"] = sum(correct) / len(correct)
-            row[ITEMS] = {"utility": [[float(c)] for c in correct]}
-        if benign_pairs:
-            row["benign_ce"] = response_cross_entropy(m, benign_pairs)
-        return row
-
     return Suite(
         "truthfulness",
         attribute,
-        utility,
+        utility_measure(mc_items, benign_pairs, by_generation=by_generation, gsm8k_items=gsm8k_items),
         KLReference(model, benign_pairs[:16]) if benign_pairs else None,
         {"n_test": len(test_items), "n_mc": len(mc_items), "n_probe": len(probe_prompts)},
     )
@@ -169,6 +161,8 @@ def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
         benign_pairs=benign_pairs(),
         probe_prompts=held_out_harmless(N_PROBE),
         max_new_tokens=size.max_new_tokens,
+        by_generation=size.utility == "generated",
+        gsm8k_items=gsm8k_items(size),
     )
 
 

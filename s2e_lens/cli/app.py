@@ -163,6 +163,17 @@ SelectionOpt = Annotated[
         "tune split's frontier, reported on the test split).",
     ),
 ]
+UtilityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--utility",
+        help="Utility: loglik (multiple choice by log-likelihood, the default) or generated (the model answers "
+        "each item with a letter, as the paper measures).",
+    ),
+]
+Gsm8kOpt = Annotated[
+    int | None, typer.Option("--gsm8k", min=0, help="Also GSM8K accuracy by generation on N problems.")
+]
 BehaviourArg = Annotated[str, typer.Argument(help="safety or truthfulness")]
 OutOpt = Annotated[str, typer.Option("--out", "-o", help="Output directory.")]
 

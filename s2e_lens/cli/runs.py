@@ -19,6 +19,7 @@ from s2e_lens.cli.app import (
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
+    Gsm8kOpt,
     JsonOpt,
     JudgeOpt,
     MaxDegenerateOpt,
@@ -34,6 +35,7 @@ from s2e_lens.cli.app import (
     SystemPromptOpt,
     TemperatureOpt,
     TopPOpt,
+    UtilityOpt,
     app,
     check_data_dir,
     placement,
@@ -86,6 +88,10 @@ def _probe(probe: str | None, probe_prompts: str | None, benign_prompts: str | N
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _utility(utility: str | None, gsm8k: int | None) -> dict[str, Any]:
+    return {k: v for k, v in {"utility": utility, "n_gsm8k": gsm8k}.items() if v is not None}
+
+
 def _speed(speed: dict[str, float]) -> str:
     return (
         f"generated {int(speed['generated_tokens']):,} tokens, "
@@ -116,6 +122,8 @@ def sweep_cmd(
     probe: ProbeOpt = None,
     probe_prompts: ProbePromptsOpt = None,
     benign_prompts: BenignPromptsOpt = None,
+    utility: UtilityOpt = None,
+    gsm8k: Gsm8kOpt = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "runs/sweep",
     gammas: Annotated[str, typer.Option(help="Steering gammas, comma-separated.")] = _listed(DEFAULTS.gammas),
     rho_attn: Annotated[str, typer.Option(help="Attention budgets (<= 0: off).")] = _listed(DEFAULTS.rho_attn),
@@ -164,6 +172,7 @@ def sweep_cmd(
         system_prompt=system_prompt,
         reference_strip=reference_strip,
         **_probe(probe, probe_prompts, benign_prompts),
+        **_utility(utility, gsm8k),
     )
     check_data_dir(data_dir)
     check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
@@ -224,6 +233,8 @@ def run_cmd(
     probe: ProbeOpt = None,
     probe_prompts: ProbePromptsOpt = None,
     benign_prompts: BenignPromptsOpt = None,
+    utility: UtilityOpt = None,
+    gsm8k: Gsm8kOpt = None,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Output directory (default runs/BEHAVIOUR-MODEL).")
     ] = None,
@@ -273,6 +284,7 @@ def run_cmd(
         system_prompt=system_prompt,
         reference_strip=reference_strip,
         **_probe(probe, probe_prompts, benign_prompts),
+        **_utility(utility, gsm8k),
     )
     check_data_dir(data_dir)
     target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"

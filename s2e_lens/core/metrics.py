@@ -151,6 +151,40 @@ def answer_correct(text: str, answer: str) -> bool:
     return got is not None and got == _canonical(answer)
 
 
+LETTERS = "ABCDEFGH"
+_LETTER = re.compile(r"(?<![A-Za-z])\(?([A-H])(?:[).:,]|\s|$)")
+
+
+def lettered_question(context: str, choices: Sequence[str]) -> str:
+    r"""A multiple-choice item as a question to answer with a letter (the paper's
+    CommonsenseQA-style format). ``context`` ending in "Answer:" loses that ending.
+
+    >>> print(lettered_question("Question: 2 + 2?\nAnswer:", [" 3", " 4"]))
+    Question: 2 + 2?
+    A. 3
+    B. 4
+    Answer with the letter of the correct choice.
+    """
+    stem = context.rstrip()
+    stem = stem[: -len("Answer:")].rstrip() if stem.endswith("Answer:") else stem
+    lines = [f"{LETTERS[i]}. {c.strip()}" for i, c in enumerate(choices)]
+    return "\n".join([stem, *lines, "Answer with the letter of the correct choice."])
+
+
+def extract_choice(text: str, n_choices: int) -> int | None:
+    """The index of the first choice letter the answer names ("B", "(B)", "B.", "Answer: B"),
+    among the first ``n_choices`` letters; None if it names none.
+
+    >>> extract_choice("The answer is (C).", 4), extract_choice("B. because", 2), extract_choice("I think so", 4)
+    (2, 1, None)
+    """
+    for match in _LETTER.finditer(text):
+        index = LETTERS.index(match.group(1))
+        if index < n_choices:
+            return index
+    return None
+
+
 # ---------------------------------------------------------------------------- degeneracy
 
 

@@ -84,7 +84,8 @@ class Run:
         """Refusal rate with its 95% interval per intervention and prompt set, from the recorded
         generations, by ``judge`` (re-judged from the texts: no model needed) or, if None, by
         every judge the run recorded."""
-        records = judged_records(self.generations, judge) if judge is not None else self.generations
+        judged = [r for r in self.generations if "judges" in r]  # refusal sets, not utility generations
+        records = judged_records(judged, judge) if judge is not None else judged
         names = [judge.name] if judge is not None else sorted({n for r in records for n in r.get("judges", {})})
         groups: dict[tuple[str, str], dict[int, list[float]]] = {}
         rows = []

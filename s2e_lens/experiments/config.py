@@ -29,11 +29,12 @@ PAPER_PROTOCOL: dict[str, dict[str, Any]] = {
         "temperature": None,  # the model's generation config, as the reference samples
         "top_p": 1.0,
         "selection": "paper",
+        "utility": "generated",
         "keep_edits": 10,
         "baselines": False,
     },
     "quick": {"samples": 3, "max_new_tokens": 64, "n_eval": 16},
-    "full": {"samples": 10, "max_new_tokens": 128, "n_eval": 100},
+    "full": {"samples": 10, "max_new_tokens": 128, "n_eval": 100, "n_gsm8k": 30},
 }
 STATISTICS_BATCH_SIZE = 16  # on the CPU (the README's runs used it)
 # what `quick` changes for every behaviour (each behaviour's own "quick" preset comes after)
@@ -135,6 +136,8 @@ class RunConfig:
     # fully, as the reference does), heldout (KL screen, then the tune split's frontier reported
     # on the test split)
     selection: str = "screen"
+    utility: str = "loglik"  # loglik (multiple choice by log-likelihood) or generated (by generated letter)
+    n_gsm8k: int = 0  # also GSM8K accuracy by generation on this many problems
     reference_strip: bool = False  # reproduce the reference's .strip() of the probe prompts (a quirk)
 
     def __post_init__(self) -> None:
@@ -149,6 +152,10 @@ class RunConfig:
         if not 0.0 <= self.max_degenerate <= 1.0:
             raise InvalidInputError(f"max_degenerate must be in [0, 1], got {self.max_degenerate}")
         self.placement()  # checks dtype, device and device_map
+        if self.utility not in ("loglik", "generated"):
+            raise InvalidInputError(f"utility must be loglik or generated, got {self.utility!r}")
+        if self.n_gsm8k < 0:
+            raise InvalidInputError(f"n_gsm8k must be >= 0, got {self.n_gsm8k}")
         if self.selection not in SELECTIONS:
             raise InvalidInputError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         self.check_protocol()
@@ -262,6 +269,8 @@ class RunConfig:
             attacks=tuple(self.attacks),
             prompt_field=self.prompt_field,
             system_prompt=self.system_prompt,
+            utility=self.utility,
+            n_gsm8k=self.n_gsm8k,
         )
 
     def to_dict(self) -> dict[str, Any]:
