@@ -75,3 +75,39 @@ def test_prompt_rendering_with_and_without_chat_template(tiny_dirs: dict[str, Pa
 def test_bad_generation_settings_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         GenerationSettings(**kwargs)
+
+
+def test_samples_share_their_prompts_prefill(tiny_dirs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """n samples per prompt: the prompt's prefill runs once and its KV cache is copied to the
+    samples. The tokens drawn are the same as with n separate prefills (same seed), and the
+    embedding sees (n - 1) * (prompt length - 1) fewer tokens per prompt."""
+    import s2e_lens as s2e
+
+    model = s2e.load_model(tiny_dirs["llama"], progress=False)
+    prompts = ["Hello there friend", "How do I cook rice today", "Why"]
+    lengths = [len(encode_prompt(model.tokenizer, p)) for p in prompts]
+    width = max(lengths)
+    seen: list[int] = []
+    embed = model.hf_model.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda mod, args, out: seen.append(int(args[0].numel())))
+    try:
+        runs = {}
+        for share in (True, False):
+            seen.clear()
+            settings = GenerationSettings(max_new_tokens=6, temperature=1.0, n=3, seed=0, batch_size=9,
+                                          share_prefill=share)  # fmt: skip
+            runs[share] = ([g.token_ids for g in generate(model, prompts, settings)], sum(seen))
+    finally:
+        handle.remove()
+    assert runs[True][0] == runs[False][0]
+    assert runs[False][1] - runs[True][1] == (3 - 1) * len(prompts) * (width - 1)  # one padded batch of 3 prompts
+
+
+@pytest.mark.slow
+def test_shared_prefill_on_the_default_model(default_model: LoadedModel) -> None:
+    settings = dict(max_new_tokens=12, temperature=0.8, top_p=0.95, n=4, seed=1)
+    prompts = ["Write a haiku about autumn.", "What is 17 times 3?"]
+    shared = generate(default_model, prompts, GenerationSettings(**settings, share_prefill=True))
+    separate = generate(default_model, prompts, GenerationSettings(**settings, share_prefill=False))
+    assert [g.token_ids for g in shared] == [g.token_ids for g in separate]
+    assert len({g.text for g in shared}) > 2  # they are samples, not copies

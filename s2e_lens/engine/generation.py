@@ -18,7 +18,7 @@ from transformers import GenerationMixin
 from s2e_lens.engine.batching import BatchSize, in_chunks, resolve
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
-from s2e_lens.models.tokens import encode_prompt, pad
+from s2e_lens.models.tokens import pad
 
 DEFAULT_BATCH_SIZE = 16  # on the CPU
 
@@ -32,8 +32,9 @@ class GenerationSettings:
     top_p: float = 1.0
     n: int = 1  # samples per prompt (must be 1 when greedy)
     seed: int | None = 0
-    batch_size: BatchSize = None  # 16 on the CPU; "auto" (largest that fits) on accelerators
+    batch_size: BatchSize = None  # sequences per batch: 16 on the CPU; "auto" (largest that fits) elsewhere
     system: str | None = None
+    share_prefill: bool = True  # n > 1: each prompt's prefill runs once, its KV cache copied to the samples
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -63,29 +64,49 @@ def generate(
     *,
     progress: bool = False,
 ) -> list[Generation]:
-    """Generate for each prompt (``settings.n`` samples each, prompt-major order)."""
+    """Generate for each prompt (``settings.n`` samples each, prompt-major order). A batch
+    holds ``batch_size`` sequences: ``batch_size // n`` prompts with their n samples, which
+    share one prefill of the prompt (``share_prefill``)."""
     settings = settings or GenerationSettings()
     tok = model.tokenizer
     hf = cast(GenerationMixin, model.hf_model)
     eos_ids = eos_token_ids(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]  # generate() needs an id
-    encoded = [encode_prompt(tok, p, system=settings.system) for p in prompts]
+    encoded = [model.prompt_ids(p, settings.system) for p in prompts]  # tokenised once per model
     for i, ids in enumerate(encoded):
         model.check_context(
             len(ids) + settings.max_new_tokens,
             f"prompt {i} ({len(ids):,} tokens) plus {settings.max_new_tokens} new tokens",
         )
-    jobs = [(i, ids) for i, ids in enumerate(encoded) for _ in range(settings.n)]
     if settings.seed is not None and settings.temperature > 0:
         torch.manual_seed(settings.seed)  # transformers' sampler draws from the global RNG
     sampling = settings.temperature > 0
+    n = settings.n
+    share = n > 1 and settings.share_prefill and min(len(ids) for ids in encoded) > 1
 
     def run(chunk: Sequence[tuple[int, list[int]]]) -> torch.Tensor:
+        """Each prompt of ``chunk`` decoded ``n`` times. With ``share``, the prompts' prefill
+        (all but their last token) runs once and its KV cache is copied to the n samples."""
         batch = pad([ids for _, ids in chunk], pad_id, "left")  # generate() continues at the right end
+        ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
+        extra: dict[str, object] = {}
         with torch.inference_mode():
+            if share:
+                prefix = hf(  # type: ignore[operator]
+                    input_ids=ids[:, :-1],
+                    attention_mask=mask[:, :-1],
+                    position_ids=batch.position_ids[:, :-1].to(model.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                cache = prefix.past_key_values
+                cache.batch_repeat_interleave(n)
+                extra["cache"] = cache  # transformers >= 5.24 name (past_key_values is deprecated)
+            if n > 1:
+                ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
             result = hf.generate(
-                input_ids=batch.input_ids.to(model.device),
-                attention_mask=batch.attention_mask.to(model.device),
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=settings.max_new_tokens,
                 do_sample=sampling,
                 temperature=settings.temperature if sampling else None,
@@ -93,19 +114,22 @@ def generate(
                 top_k=None,
                 eos_token_id=eos_ids,
                 pad_token_id=pad_id,
+                **extra,
             )
-        return result[:, batch.input_ids.shape[1] :].cpu()
+        return result[:, ids.shape[1] :].cpu()
 
     out: list[Generation] = []
     size = resolve(settings.batch_size, model.device, DEFAULT_BATCH_SIZE)
-    bar = tqdm(total=len(jobs), desc="generating", unit="sequence", disable=not progress, leave=False)
+    per_chunk = size if size == "auto" else max(1, size // n)  # prompts per chunk: size sequences in all
+    bar = tqdm(total=len(encoded) * n, desc="generating", unit="sequence", disable=not progress, leave=False)
     with bar:
-        for chunk, new in in_chunks(jobs, size, run, what="generation"):
-            bar.update(len(chunk))
-            for row, (i, _) in enumerate(chunk):
-                ids = new[row].tolist()
-                stop = next((k for k, t in enumerate(ids) if t in eos_ids), None)
-                kept = ids if stop is None else ids[:stop]
+        for chunk, new in in_chunks(list(enumerate(encoded)), per_chunk, run, what="generation"):
+            bar.update(len(chunk) * n)
+            for row in range(len(chunk) * n):
+                i = chunk[row // n][0]
+                ids_out = new[row].tolist()
+                stop = next((k for k, t in enumerate(ids_out) if t in eos_ids), None)
+                kept = ids_out if stop is None else ids_out[:stop]
                 out.append(
                     Generation(
                         prompt=prompts[i],

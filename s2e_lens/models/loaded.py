@@ -38,6 +38,17 @@ class LoadedModel:
     hf_keys: tuple[str, ...] = ()  # the transformers state-dict keys, in order
     applied_plans: list[AppliedPlan] = field(default_factory=list)  # in the order applied (engine.mapper)
     steering: list[str] = field(default_factory=list)  # active hook interventions, described
+    _prompt_ids: dict[tuple[str, str | None], tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    def prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
+        """The rendered prompt's token ids (:func:`s2e_lens.models.tokens.encode_prompt`),
+        tokenised once per model: a sweep asks for the same prompts for every intervention."""
+        from s2e_lens.models.tokens import encode_prompt
+
+        key = (prompt, system)
+        if key not in self._prompt_ids:
+            self._prompt_ids[key] = tuple(encode_prompt(self.tokenizer, prompt, system=system))
+        return list(self._prompt_ids[key])
 
     def state(self) -> dict[str, list[str]]:
         """What is done to the weights and activations now: applied plans and active steering
