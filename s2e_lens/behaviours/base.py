@@ -46,6 +46,9 @@ class Suite:
     utility: Measure
     kl_reference: KLReference | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # the attribute alone, as cheaply as it can be had (e.g. refusal on the attack set only), for
+    # selections that score every grid point on it; None: ``attribute``
+    attribute_only: Measure | None = None
 
     def measure(self, model: LoadedModel) -> dict[str, Any]:
         """One row of named figures. A measure may also return per-item scores under

@@ -214,6 +214,9 @@ def safety_suite(
             row[ITEMS]["utility"] = [[1.0 - float(v) for v in p] for p in b.refused]
         return row
 
+    def attack_only(m: LoadedModel) -> dict[str, Any]:
+        return {"attribute": refusal_eval(m, harmful, settings, judge).rate}
+
     return Suite(
         "safety",
         attribute,
@@ -234,6 +237,7 @@ def safety_suite(
             "utility": "mc_generated" if by_generation and mc_items else "mc_accuracy" if mc_items else "harmless",
             "n_gsm8k": len(gsm8k_items),
         },
+        attack_only,
     )
 
 

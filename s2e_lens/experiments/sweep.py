@@ -94,7 +94,7 @@ def paper_selection(
     rows = []
     for c in tqdm(candidates, desc="attribute of every candidate", disable=not progress):
         with c.active(model):
-            figures = suite.attribute(model)
+            figures = (suite.attribute_only or suite.attribute)(model)
         rows.append({**c.describe(), "attribute": figures["attribute"], "kept": False})
     frame = pd.DataFrame(rows)
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["attribute"])[:top]  # stable: grid order breaks ties
