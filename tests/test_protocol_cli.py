@@ -306,3 +306,27 @@ def test_a_sweep_with_generated_utility(tiny_dirs: dict[str, Path], tmp_path: Pa
     # the utility generations do not enter the refusal tables
     rescored = runner.invoke(app, ["rescore", str(out), "--judge", "paper", "--json"])
     assert rescored.exit_code == 0 and "mc_generated" not in {r["set"] for r in json.loads(rescored.stdout)["refusal"]}
+
+
+def test_paper_selection_sweep_keeps_the_top_by_attack_refusal(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    args = ["sweep", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--gammas", "1", "--rho-attn", "0.1:0.5:0.1", "--rho-mlp", "0", "--alpha", "0.5", "--keep", "2",
+            "--n-eval", "3", "--n-mc", "1", "--skip-answer-check", "--max-degenerate", "1", "--judge", "FILE:any_a",
+            "--selection", "paper", "--max-new-tokens", "6", "--json"]  # fmt: skip
+    judge = tmp_path / "judge.py"
+    judge.write_text("def any_a(prompt, response):\n    return 'a' in response\n")  # a judge that varies on noise
+    result = runner.invoke(app, [a.replace("FILE", str(judge)) for a in args])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    screening = pd.read_csv(out / "screening.csv")
+    results = pd.read_csv(out / "results.csv")
+    by_hand = screening.sort_values("attribute", ascending=False, kind="stable").head(2)["label"]
+    assert set(results[results["kind"] == "edit"]["label"]) == set(by_hand)
+    assert set(screening[screening["kept"]]["label"]) == set(by_hand)
+    # the screening attribute is the attack-set refusal that the full evaluation measures again
+    for label in by_hand:
+        assert float(results[results["label"] == label]["attribute"].iloc[0]) == pytest.approx(
+            float(screening[screening["label"] == label]["attribute"].iloc[0])
+        )
