@@ -70,6 +70,12 @@ def test_run_writes_a_complete_report(run_dir: Path) -> None:
         mine = [g for g in generations if g["label"] == r["label"] and g["set"] == summary["suite"]["attack_set"]]
         assert sum(g["judges"]["strict"] for g in mine) / len(mine) == pytest.approx(r["attribute"])
     assert summary["suite"]["judge"] == "strict" and summary["speed"]["generated_tokens"] > 0
+    # the paper's operating point: the best edit against its matched steering, on the same prompts
+    point = summary["operating_point"]
+    assert (point["edit"], point["steering"]) == (summary["best_plan"], summary["matched_steering"])
+    attribute = {r["label"]: r["attribute"] for r in results}
+    assert point["difference"]["estimate"] == pytest.approx(attribute[point["edit"]] - attribute[point["steering"]])
+    assert point["difference"]["low"] <= point["difference"]["estimate"] <= point["difference"]["high"]
     html = (run_dir / "report.html").read_text()
     md = (run_dir / "report.md").read_text()
     for text in (html, md):

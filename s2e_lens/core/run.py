@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from s2e_lens.core.comparison import Comparison, GapEstimate, Items, compare, frontier_gap_with_interval, sane
-from s2e_lens.core.intervals import rate_interval
+from s2e_lens.core.intervals import paired_bootstrap, rate_interval
 from s2e_lens.core.judges import NamedJudge, judge_summary, judged_records
 from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.statistics import ContrastiveStatistics
@@ -109,6 +109,21 @@ class Run:
                 )
         return pd.DataFrame(rows)
 
+    def operating_point(self) -> dict[str, Any] | None:
+        """The paper's way of reporting: its best edit (the highest attribute among the sane
+        edits) against the strongest steering run with at least its utility, with a paired
+        bootstrap interval of their attribute difference on the same prompts (None without
+        per-item scores or without both kinds of result)."""
+        try:
+            edit, _ = self.best_plan()
+            steer = self.matched_steering(edit)
+        except RunDirectoryError:
+            return None
+        if edit not in self.items or steer not in self.items:
+            return None
+        diff = paired_bootstrap(self.items[edit]["attribute"], self.items[steer]["attribute"])
+        return {"edit": edit, "steering": steer, "difference": diff.to_dict(), "excludes_zero": diff.excludes_zero()}
+
     def best_plan(self) -> tuple[str, EditPlan]:
         """The evaluated Steer2Edit plan with the highest attribute (utility breaks ties),
         among those whose generations are not mostly degenerate."""
@@ -143,6 +158,7 @@ class Run:
             "plan_files": {name: f"plans/edit_{i:02d}.safetensors" for i, name in enumerate(self.plans)},
             "mean_gain_at_matched_utility": self.comparison().mean_gain,
             "frontier_gap": gap.to_dict() if (gap := self.frontier_gap()) is not None else None,
+            "operating_point": self.operating_point(),
             "suite": self.suite,
             "judges": judge_summary(self.generations) if self.generations else None,
             "speed": self.speed,

@@ -141,6 +141,14 @@ def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
         + (f", KL {st['kl']:.3f}" if "kl" in st else "")
         + "."
     )
+    point = run.operating_point()
+    if point is not None:
+        d = point["difference"]
+        lines.append(
+            f"At this operating point (the paper's way: its best edit against steering at matched utility), the "
+            f"attribute difference is {d['estimate']:+.3f} (95% paired bootstrap interval {d['low']:+.3f} to "
+            f"{d['high']:+.3f}; {'excludes' if point['excludes_zero'] else 'includes'} 0)."
+        )
     flagged = degenerate_rows(results)
     if len(flagged):
         names = ", ".join(f"{r['label']} ({r['degenerate']:.0%} degenerate)" for _, r in flagged.iterrows())
