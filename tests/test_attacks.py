@@ -52,7 +52,7 @@ def test_own_files_in_jsonl_and_csv(tmp_path: Path) -> None:
         ("a.jsonl", '{"goal": "x"}\n', "prompt", "no field 'prompt' (it has 'goal'); name the prompt's field"),
         ("a.jsonl", "", "prompt", "no prompts (the file is empty)"),
         ("a.jsonl", "\n\n", "prompt", "no prompts"),
-        ("a.jsonl", '{"prompt": ""}\n', "prompt", "should be a non-empty string"),
+        ("a.jsonl", '{"prompt": ""}\n', "prompt", "should be a non-empty str"),
         ("a.jsonl", '["x"]\n', "prompt", "expected a JSON object"),
         ("a.jsonl", "{nope\n", "prompt", "not valid JSON"),
         ("a.csv", "goal\nx\n", "prompt", "no column 'prompt' (it has 'goal')"),

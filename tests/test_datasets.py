@@ -33,7 +33,7 @@ def test_shared_files_load_with_expected_counts() -> None:
 def test_bad_rows_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "t.jsonl"
     bad.write_text('{"question": "q", "answer": "4"}\n{"question": "q2"}\n')
-    with pytest.raises(D.DataFormatError, match=r"t.jsonl:2: field 'answer' is missing"):
+    with pytest.raises(D.DataFormatError, match=r"t.jsonl:2: no field 'answer' \(it has 'question'\)"):
         D.load_gsm8k(tmp_path, name="t.jsonl")
     bad.write_text('{"question": "q", "answer": "four"}\n')
     with pytest.raises(D.DataFormatError, match=r"t.jsonl:1: answer 'four' is not a number"):

@@ -9,11 +9,10 @@ own JSONL or CSV file with the prompt in a named field.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from s2e_lens.behaviours.datasets import data_file, load_harmful_prompts
+from s2e_lens.behaviours.datasets import data_file, load_harmful_prompts, read_jsonl_lines
 from s2e_lens.behaviours.splits import split
 from s2e_lens.errors import DataFormatError, InvalidInputError
 
@@ -58,26 +57,15 @@ def read_prompts(path: Path, field: str) -> list[str]:
         return _csv_prompts(path, field)
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise InvalidInputError(f"{path}: give a .jsonl or .csv file of prompts")
-    prompts = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            if field not in row:
-                raise DataFormatError(
-                    f"{path}:{lineno}: no field {field!r} (it has {', '.join(map(repr, row)) or 'none'}); "
-                    "name the prompt's field with --prompt-field"
-                )
-            prompts.append(_prompt(row[field], path, lineno, field))
-    if not prompts:
-        raise DataFormatError(f"{path}: no prompts (the file is empty)")
-    return prompts
+    try:
+        rows = read_jsonl_lines(path, {field: "str"})
+    except DataFormatError as err:
+        if "no rows" in str(err):
+            raise DataFormatError(f"{path}: no prompts (the file is empty)") from None
+        if f"no field {field!r}" in str(err):
+            raise DataFormatError(f"{err}; name the prompt's field with --prompt-field") from None
+        raise
+    return [row[field] for _, row in rows]
 
 
 def _csv_prompts(path: Path, field: str) -> list[str]:

@@ -93,7 +93,7 @@ def _parse_row(path: Path, lineno: int, line: str, schema: dict[str, str]) -> di
         raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
     for field, kind in schema.items():
         if field not in row:
-            raise DataFormatError(f"{path}:{lineno}: field {field!r} is missing")
+            raise DataFormatError(f"{path}:{lineno}: no field {field!r} (it has {', '.join(map(repr, row)) or 'none'})")
         if not _CHECKS[kind](row[field]):
             raise DataFormatError(
                 f"{path}:{lineno}: field {field!r} should be a non-empty {kind}, got {row[field]!r:.80}"
