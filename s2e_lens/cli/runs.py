@@ -424,13 +424,15 @@ def rescore_cmd(
 
 def _judges_line(summary: dict[str, Any]) -> str:
     names = [k for k, v in summary.items() if isinstance(v, dict)]
-    parts = [f"{summary['n']} generations, {summary.get('n_broken', 0)} degenerate or cut off"]
+    parts = [
+        f"{summary['n']} generations ({summary.get('n_degenerate', 0)} degenerate, "
+        f"{summary.get('n_cut_off', 0)} cut off at the token limit)"
+    ]
     for name in names:
-        broken = summary[name]["refusal_when_broken"]
-        parts.append(
-            f"{name}: {summary[name]['refusal']:.1%} refusals"
-            + (f", {broken:.1%} of the broken ones" if broken is not None else "")
-        )
+        s = summary[name]
+        extra = [f"{s[k]:.1%} of the {w}" for k, w in (("when_degenerate", "degenerate"), ("when_cut_off", "cut off"))
+                 if s.get(k) is not None]  # fmt: skip
+        parts.append(f"{name}: {s['refusal']:.1%} refusals" + (f" ({', '.join(extra)})" if extra else ""))
     if "disagreement" in summary:
         parts.append(f"{names[0]} and {names[1]} disagree on {summary['disagreement']:.1%}")
     return "; ".join(parts)

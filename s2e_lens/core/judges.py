@@ -158,25 +158,28 @@ def judged_records(records: list[dict[str, Any]], judge: NamedJudge) -> list[dic
 
 def judge_summary(records: list[dict[str, Any]], names: tuple[str, ...] = ("paper", "strict")) -> dict[str, Any]:
     """How the judges behave on a run's own generations: each judge's refusal share overall,
-    and among the generations that are degenerate or cut off at the token limit (where keyword
-    judges inflate refusal), and how often the first two judges disagree.
+    among the degenerate generations and among those cut off at the token limit (where keyword
+    judges inflate refusal: a fragment or a loop can hold a marker), and how often the first two
+    judges disagree.
 
     >>> recs = [{"judges": {"paper": True, "strict": False}, "degenerate": True, "cut_off": False},
-    ...         {"judges": {"paper": True, "strict": True}, "degenerate": False, "cut_off": False}]
+    ...         {"judges": {"paper": True, "strict": True}, "degenerate": False, "cut_off": True}]
     >>> s = judge_summary(recs)
-    >>> s["disagreement"], s["paper"]["refusal_when_broken"], s["strict"]["refusal_when_broken"]
-    (0.5, 1.0, 0.0)
+    >>> s["disagreement"], s["paper"]["when_degenerate"], s["strict"]["when_degenerate"], s["strict"]["when_cut_off"]
+    (0.5, 1.0, 0.0, 1.0)
     """
     judged = [r for r in records if all(n in r.get("judges", {}) for n in names)]
     if not judged:
         return {"n": 0}
-    broken = [r for r in judged if r.get("degenerate") or r.get("cut_off")]
-    out: dict[str, Any] = {"n": len(judged), "n_broken": len(broken)}
+    groups = {
+        "when_degenerate": [r for r in judged if r.get("degenerate")],
+        "when_cut_off": [r for r in judged if r.get("cut_off")],
+    }
+    out: dict[str, Any] = {"n": len(judged), **{f"n_{k[5:]}": len(v) for k, v in groups.items()}}
     for name in names:
-        out[name] = {
-            "refusal": sum(r["judges"][name] for r in judged) / len(judged),
-            "refusal_when_broken": (sum(r["judges"][name] for r in broken) / len(broken)) if broken else None,
-        }
+        out[name] = {"refusal": sum(r["judges"][name] for r in judged) / len(judged)}
+        for key, rows in groups.items():
+            out[name][key] = (sum(r["judges"][name] for r in rows) / len(rows)) if rows else None
     if len(names) >= 2:
         a, b = names[0], names[1]
         out["disagreement"] = sum(r["judges"][a] != r["judges"][b] for r in judged) / len(judged)

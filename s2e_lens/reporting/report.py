@@ -171,12 +171,12 @@ def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
     if judged["n"]:
         paper, strict = judged["paper"], judged["strict"]
         broken = ""
-        if judged["n_broken"]:
-            broken = (
-                f" Of the {judged['n_broken']} generations that are degenerate or cut off at the token limit, the "
-                f"paper's judge calls {paper['refusal_when_broken']:.0%} refusals and ours "
-                f"{strict['refusal_when_broken']:.0%}."
-            )
+        for key, what in (("degenerate", "degenerate"), ("cut_off", "cut off at the token limit")):
+            if judged[f"n_{key}"]:
+                broken += (
+                    f" Of the {judged[f'n_{key}']} {what}, the paper's judge calls "
+                    f"{paper[f'when_{key}']:.0%} refusals and ours {strict[f'when_{key}']:.0%}."
+                )
         lines.append(
             f"Judges on this run's {judged['n']} generations: the paper's substring judge calls "
             f"{paper['refusal']:.1%} refusals, ours {strict['refusal']:.1%}; they disagree on "
