@@ -54,42 +54,10 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
     return parse_grid(text, name)
 
 
-def _where(dtype: str | None, device: str | None, device_map: str | None) -> dict[str, Any]:
-    """The placement options given, as RunConfig fields (checked there)."""
-    given = {"dtype": dtype, "device": device, "device_map": device_map}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _protocol(
-    samples: int | None,
-    temperature: float | None,
-    top_p: float | None,
-    max_new_tokens: int | None,
-    judge: str | None,
-    attack: list[str] | None,
-    prompt_field: str | None,
-) -> dict[str, Any]:
-    """The decoding, judge and attack options given, as RunConfig fields (checked there,
-    before any model loads)."""
-    given = {
-        "samples": samples,
-        "temperature": temperature,
-        "top_p": top_p,
-        "max_new_tokens": max_new_tokens,
-        "judge": judge,
-        "attacks": tuple(attack) if attack else None,
-        "prompt_field": prompt_field,
-    }
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _probe(probe: str | None, probe_prompts: str | None, benign_prompts: str | None) -> dict[str, Any]:
-    given = {"probe": probe, "probe_prompts": probe_prompts, "benign_prompts": benign_prompts}
-    return {k: v for k, v in given.items() if v is not None}
-
-
-def _utility(utility: str | None, gsm8k: int | None) -> dict[str, Any]:
-    return {k: v for k, v in {"utility": utility, "n_gsm8k": gsm8k}.items() if v is not None}
+def _given(**values: Any) -> dict[str, Any]:
+    """The options the user gave (not None), as RunConfig fields: RunConfig checks them before
+    any model loads, and a preset or protocol keeps its own choice for the rest."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _speed(speed: dict[str, float]) -> str:
@@ -166,13 +134,26 @@ def sweep_cmd(
         data_dir=data_dir,
         check_answers=answer_check,
         max_degenerate=max_degenerate,
-        selection=selection or DEFAULTS.selection,
-        **_where(dtype, device, device_map),
-        **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
         system_prompt=system_prompt,
         reference_strip=reference_strip,
-        **_probe(probe, probe_prompts, benign_prompts),
-        **_utility(utility, gsm8k),
+        **_given(
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            judge=judge,
+            attacks=tuple(attack) if attack else None,
+            prompt_field=prompt_field,
+            probe=probe,
+            probe_prompts=probe_prompts,
+            benign_prompts=benign_prompts,
+            utility=utility,
+            n_gsm8k=gsm8k,
+            selection=selection,
+        ),
     )
     check_data_dir(data_dir)
     check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
@@ -267,9 +248,6 @@ def run_cmd(
     from s2e_lens.experiments.pipelines import main_job
     from s2e_lens.reporting.report import headline
 
-    overrides: dict[str, Any] = {k: v for k, v in {"n_eval": n_eval, "n_mc": n_mc}.items() if v is not None}
-    if selection is not None:
-        overrides["selection"] = selection
     config = RunConfig.preset(
         behaviour,
         preset,
@@ -278,13 +256,28 @@ def run_cmd(
         data_dir=data_dir,
         check_answers=answer_check,
         max_degenerate=max_degenerate,
-        **overrides,
-        **_where(dtype, device, device_map),
-        **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
         system_prompt=system_prompt,
         reference_strip=reference_strip,
-        **_probe(probe, probe_prompts, benign_prompts),
-        **_utility(utility, gsm8k),
+        **_given(
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            judge=judge,
+            attacks=tuple(attack) if attack else None,
+            prompt_field=prompt_field,
+            probe=probe,
+            probe_prompts=probe_prompts,
+            benign_prompts=benign_prompts,
+            utility=utility,
+            n_gsm8k=gsm8k,
+            n_eval=n_eval,
+            n_mc=n_mc,
+            selection=selection,
+        ),
     )
     check_data_dir(data_dir)
     target = out or f"runs/{behaviour}-{model_name.replace('/', '_')}"
@@ -366,7 +359,15 @@ def eval_cmd(
         n_mc=n_mc,
         data_dir=data_dir,
         system_prompt=system_prompt,
-        **_protocol(samples, temperature, top_p, max_new_tokens, judge, attack, prompt_field),
+        **_given(
+            samples=samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            judge=judge,
+            attacks=tuple(attack) if attack else None,
+            prompt_field=prompt_field,
+        ),
     )
     check_data_dir(data_dir)
     gamma = interventions.check_gamma(gamma)
