@@ -83,3 +83,8 @@ def test_cross_entropy_and_kl(tiny_dirs: dict[str, Path]) -> None:
     )
     assert manual_kl > 1e-3
     assert ref.kl(model) == pytest.approx(manual_kl, rel=1e-4)
+    # per text and position (what the KL-matched interval resamples): each text's own rows
+    by_text = ref.kl_by_text(model)
+    assert [len(r) for r in by_text] == [len(cont) for _, cont in encoded]
+    for row, r, c in zip(by_text, before, after, strict=True):
+        assert row == pytest.approx((r.exp() * (r - c)).sum(-1).tolist(), rel=1e-4, abs=1e-7)

@@ -142,6 +142,25 @@ def test_paired_bootstrap_against_brute_force_on_a_small_table() -> None:
         intervals.paired_bootstrap(a, b[:2])
 
 
+def test_pooled_bootstrap_of_ragged_rows_against_brute_force() -> None:
+    """Rows of different lengths (a text's KL at each position): every resample of the 3 rows
+    enumerated, the statistic being the mean of all entries of the resampled rows (a long
+    row weighs more); equal-length rows give the plain bootstrap exactly."""
+    rows = [[0.0, 0.0, 0.0, 3.0], [1.0], [2.0, 4.0]]
+    ci = intervals.pooled_bootstrap(rows, n_boot=20000, seed=2)
+    means = [float(np.mean(np.concatenate([rows[i] for i in c]))) for c in itertools.product(range(3), repeat=3)]
+    assert ci.estimate == pytest.approx(10 / 7)
+    assert ci.low == pytest.approx(np.quantile(means, 0.025, method="inverted_cdf"), abs=1e-9)
+    assert ci.high == pytest.approx(np.quantile(means, 0.975, method="inverted_cdf"), abs=1e-9)
+    assert intervals.rate_interval(rows) == ci.__class__(*intervals.pooled_bootstrap(rows).to_dict().values())
+    table = [[0.1, 0.5], [0.3, 0.2], [0.9, 0.0]]
+    assert intervals.pooled_bootstrap(table, seed=4).to_dict() == pytest.approx(
+        intervals.bootstrap(table, seed=4).to_dict()
+    )
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        intervals.pooled_bootstrap([[1.0], []])
+
+
 def test_interval_excludes_zero() -> None:
     assert intervals.Interval(0.2, 0.05, 0.3).excludes_zero()
     assert intervals.Interval(-0.2, -0.3, -0.01).excludes_zero()
@@ -224,6 +243,39 @@ def test_degenerate_interventions_stay_out_of_the_frontiers() -> None:
     est = comparison.frontier_gap_with_interval(with_flag, items, n_boot=200)
     assert est is not None and (est.gap.low, est.gap.high) == (0.75, 1.0)  # the collapsed point is out
     assert comparison.frontier_gap_with_interval(frame, {}, n_boot=10) is None  # no per-item scores
+
+
+def test_kl_matched_gap_against_a_hand_computation() -> None:
+    """Matched on closeness (-KL on benign text) instead of utility, KL pooled over each
+    text's positions. Steering's frontier over closeness runs from the unedited model (0, 0)
+    to gamma 1 (-0.5, 0.5); the one edit sits at (-0.25, 0.75). They share the single point
+    -0.25, where steering interpolates to 0.25: the edit is 0.5 ahead."""
+    kl_steer = [[0.5, 0.5], [0.25, 0.75, 0.5]]  # pooled 2.5 / 5 = 0.5
+    kl_edit = [[0.25, 0.25], [0.0, 0.5, 0.25]]  # pooled 1.25 / 5 = 0.25
+    kl_none = [[0.0, 0.0], [0.0, 0.0, 0.0]]
+    frame = pd.DataFrame(
+        [
+            {"label": "unedited", "kind": "none", "attribute": 0.0, "utility": 1.0, "kl": 0.0},
+            {"label": "steer", "kind": "steer", "attribute": 0.5, "utility": 1.0, "kl": 0.5},
+            {"label": "edit", "kind": "edit", "attribute": 0.75, "utility": 1.0, "kl": 0.25},
+        ]
+    )
+    items = {
+        "unedited": {"attribute": [[0], [0], [0], [0]], "kl": kl_none},
+        "steer": {"attribute": [[1], [1], [0], [0]], "kl": kl_steer},
+        "edit": {"attribute": [[1], [1], [1], [0]], "kl": kl_edit},
+    }
+    est = comparison.frontier_gap_with_interval(frame, items, match="kl", n_boot=300)
+    P = comparison.Point
+    by_hand = comparison.frontier_gap([P(0.0, 0.0), P(0.5, -0.5)], [P(0.75, -0.25)])
+    assert est is not None and by_hand is not None and est.axis == "closeness"
+    assert (est.gap.low, est.gap.high, est.gap.mean) == pytest.approx((by_hand.low, by_hand.high, by_hand.mean))
+    assert est.gap.low == pytest.approx(-0.25) and est.gap.mean == pytest.approx(0.75 - 0.25)
+    assert "over the closeness range" in est.verdict() or "no difference" in est.verdict()
+    # the same table matched on utility has no spread of utility: the frontiers meet at one point
+    assert comparison.frontier_gap_with_interval(frame, items, n_boot=10) is None  # no utility rows
+    with pytest.raises(InvalidInputError, match="match must be"):
+        comparison.frontier_gap_with_interval(frame, items, match="ce")
 
 
 # ---------------------------------------------------------------- grids

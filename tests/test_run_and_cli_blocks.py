@@ -69,6 +69,10 @@ def test_run_writes_a_complete_report(run_dir: Path) -> None:
         assert r["attribute_low"] <= r["attribute"] <= r["attribute_high"]
         mine = [g for g in generations if g["label"] == r["label"] and g["set"] == summary["suite"]["attack_set"]]
         assert sum(g["judges"]["strict"] for g in mine) / len(mine) == pytest.approx(r["attribute"])
+        # KL per benign text and position: pooled, the KL figure; its interval brackets it
+        kl = [v for row in items[r["label"]]["kl"] for v in row]
+        assert sum(kl) / len(kl) == pytest.approx(r["kl"], abs=1e-9)  # results.json keeps 10 digits
+        assert r["kl_low"] - 1e-9 <= r["kl"] <= r["kl_high"] + 1e-9
     assert summary["suite"]["judge"] == "strict" and summary["speed"]["generated_tokens"] > 0
     # the paper's operating point: the best edit against its matched steering, on the same prompts
     point = summary["operating_point"]
@@ -78,6 +82,13 @@ def test_run_writes_a_complete_report(run_dir: Path) -> None:
     assert point["difference"]["low"] <= point["difference"]["estimate"] <= point["difference"]["high"]
     html = (run_dir / "report.html").read_text()
     md = (run_dir / "report.md").read_text()
+    # the KL-matched comparison carries its interval where the frontiers share a KL range
+    if summary["kl_gap"] is not None:
+        gap = summary["kl_gap"]
+        assert gap["axis"] == "closeness" and gap["interval"]["low"] <= gap["mean"] <= gap["interval"]["high"]
+        assert f"{gap['mean']:+.3f}" in md and "Matched instead on closeness" in md
+    else:  # the tiny random model's frontiers need not overlap; the report says so, not a bare number
+        assert "share no range of KL" in md and "recorded no per-text KL" not in md
     for text in (html, md):
         assert "Steer2Edit report: safety" in text and summary["best_plan"] in text
         assert summary["matched_steering"] in text

@@ -60,7 +60,9 @@ class Suite:
         generations = a.pop(GENERATIONS, []) + u.pop(GENERATIONS, [])
         row = {**a, **u}
         if self.kl_reference is not None:
-            row["kl"] = self.kl_reference.kl(model)
+            by_text = self.kl_reference.kl_by_text(model)
+            row["kl"] = sum(sum(r) for r in by_text) / sum(len(r) for r in by_text)
+            items["kl"] = by_text  # per text, per position: the KL-matched comparison's interval
         if items:
             row[ITEMS] = items
         if generations:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval
+from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled
+from s2e_lens.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -141,32 +142,36 @@ def frontier_gap(steering: Sequence[Point], edits: Sequence[Point], n_grid: int 
     return FrontierGap(low, high, sum(diffs) / len(diffs), diffs[k], grid[k])
 
 
-Items = dict[str, dict[str, "np.ndarray | list[list[float]]"]]  # label -> {"attribute"|"utility": per-item rows}
+# label -> {"attribute" | "utility" | "kl": per-item rows (per text and position for "kl")}
+Items = dict[str, dict[str, "np.ndarray | list[list[float]]"]]
 
 
 @dataclass(frozen=True)
 class GapEstimate:
     """The frontier gap on the run's prompts, with a paired bootstrap interval of its mean
-    (prompts and items resampled once per draw, the same for every intervention)."""
+    (prompts and items resampled once per draw, the same for every intervention). ``axis``
+    names what the frontiers were matched on ("utility", or "closeness" for -KL)."""
 
     gap: FrontierGap
     interval: Interval
     draws_without_overlap: int  # bootstrap draws where the frontiers shared no utility range
     n_boot: int
+    axis: str = "utility"
 
     def verdict(self) -> str:
         """In words: which method is ahead over the shared range, and whether the interval
         excludes 0."""
-        iv = self.interval
+        iv, where = self.interval, f"over the {self.axis} range both reach"
         if iv.low > 0:
-            return "Steer2Edit is ahead of steering over the utility range both reach (the 95% interval excludes 0)"
+            return f"Steer2Edit is ahead of steering {where} (the 95% interval excludes 0)"
         if iv.high < 0:
-            return "steering is ahead of Steer2Edit over the utility range both reach (the 95% interval excludes 0)"
+            return f"steering is ahead of Steer2Edit {where} (the 95% interval excludes 0)"
         return "no difference can be claimed: the 95% interval includes 0"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.gap.to_dict(),
+            "axis": self.axis,
             "interval": self.interval.to_dict(),
             "draws_without_overlap": self.draws_without_overlap,
             "n_boot": self.n_boot,
@@ -174,26 +179,47 @@ class GapEstimate:
         }
 
 
+# what a frontier can be matched on: the item key, its sign (higher must mean better) and its name
+MATCH_AXES: dict[str, tuple[str, float, str]] = {
+    "utility": ("utility", 1.0, "utility"),
+    "kl": ("kl", -1.0, "closeness"),  # -KL to the unedited model on benign text
+}
+
+
 def frontier_gap_with_interval(
-    frame: pd.DataFrame, items: Items, *, n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0, n_grid: int = 101
+    frame: pd.DataFrame,
+    items: Items,
+    *,
+    match: str = "utility",
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+    n_grid: int = 101,
 ) -> GapEstimate | None:
     """:func:`frontier_gap` of the sane rows (steering and the unedited model against the
-    edits), with a paired bootstrap interval of its mean over prompts and items. None when the
-    frontiers share no utility range or a sane row lacks per-item scores."""
+    edits), with a paired bootstrap interval of its mean over prompts and items. ``match``:
+    ``"utility"`` (the suite's utility) or ``"kl"`` (closeness to the unedited model, -KL on
+    benign text, resampled over its texts; a text's positions stay together). None when the
+    frontiers share no range or a sane row lacks per-item scores."""
+    if match not in MATCH_AXES:
+        raise InvalidInputError(f"match must be one of {', '.join(MATCH_AXES)}, got {match!r}")
+    key, sign, axis = MATCH_AXES[match]
     ok = sane(frame)
     rows = ok[ok["kind"].isin(["steer", "none", "edit"])]
     labels = [str(x) for x in rows["label"]]
-    if any(lab not in items or not {"attribute", "utility"} <= set(items[lab]) for lab in labels):
+    if any(lab not in items or not {"attribute", key} <= set(items[lab]) for lab in labels):
         return None
     kinds = dict(zip(labels, rows["kind"], strict=True))
-    A = {lab: np.asarray(items[lab]["attribute"], dtype=float) for lab in labels}
-    U = {lab: np.asarray(items[lab]["utility"], dtype=float) for lab in labels}
-    n_a, n_u = {a.shape[0] for a in A.values()}, {u.shape[0] for u in U.values()}
+    A = {lab: pooled(items[lab]["attribute"]) for lab in labels}
+    U = {lab: pooled(items[lab][key]) for lab in labels}
+    n_a, n_u = {len(a[0]) for a in A.values()}, {len(u[0]) for u in U.values()}
     if len(n_a) != 1 or len(n_u) != 1:
         return None  # not the same prompts for every intervention: no paired interval
 
+    def mean(table: tuple[np.ndarray, np.ndarray], i: np.ndarray | slice) -> float:
+        return float(table[0][i].sum() / table[1][i].sum())
+
     def gap_of(ia: np.ndarray | slice, iu: np.ndarray | slice) -> FrontierGap | None:
-        pts = {lab: Point(float(A[lab][ia].mean()), float(U[lab][iu].mean()), lab) for lab in labels}
+        pts = {lab: Point(mean(A[lab], ia), sign * mean(U[lab], iu), lab) for lab in labels}
         steer = [p for lab, p in pts.items() if kinds[lab] in ("steer", "none")]
         edit = [p for lab, p in pts.items() if kinds[lab] == "edit"]
         return frontier_gap(steer, edit, n_grid)
@@ -213,7 +239,7 @@ def frontier_gap_with_interval(
     if not means:
         return None
     low, high = (float(np.quantile(means, q)) for q in (0.025, 0.975))
-    return GapEstimate(observed, Interval(observed.mean, low, high), missing, n_boot)
+    return GapEstimate(observed, Interval(observed.mean, low, high), missing, n_boot, axis)
 
 
 # An intervention with more than this share of degenerate generations (metrics.is_degenerate)

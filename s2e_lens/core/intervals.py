@@ -105,13 +105,47 @@ def paired_bootstrap(
     return Interval(stat(ta, tb), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail)))
 
 
+def pooled(rows: Sequence[Sequence[float]] | np.ndarray, what: str = "pooled mean") -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sum and length, for rows of any lengths (e.g. a text's KL at each of its
+    positions): the pooled mean of any resampling of rows is ``sums[i].sum() / counts[i].sum()``.
+
+    >>> sums, counts = pooled([[1.0, 3.0], [2.0]])
+    >>> sums.tolist(), counts.tolist(), float(sums.sum() / counts.sum())
+    ([4.0, 2.0], [2.0, 1.0], 2.0)
+    """
+    if len(rows) < 1 or any(len(r) < 1 for r in rows):
+        raise InvalidInputError(f"{what}: give one non-empty row of scores per prompt or text")
+    sums = np.array([float(np.sum(np.asarray(r, dtype=float))) for r in rows])
+    counts = np.array([float(len(r)) for r in rows])
+    return sums, counts
+
+
+def pooled_bootstrap(
+    rows: Sequence[Sequence[float]], *, n_boot: int = BOOTSTRAP_SAMPLES, level: float = 0.95, seed: int = 0
+) -> Interval:
+    """Percentile bootstrap of the mean of all entries when rows differ in length: rows are
+    resampled with replacement, each keeping all its entries, so a long text weighs as much in
+    a draw as it does in the estimate."""
+    sums, counts = pooled(rows, "pooled bootstrap")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    draws = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    tail = (1 - level) / 2
+    return Interval(
+        float(sums.sum() / counts.sum()), float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+    )
+
+
 def rate_interval(per_prompt: Sequence[Sequence[float]]) -> Interval:
-    """A rate's 95% interval: Wilson when each prompt has one 0/1 score, else the bootstrap
-    over prompts (several samples per prompt, or scores that are not 0/1).
+    """A rate's (or mean's) 95% interval: Wilson when each prompt has one 0/1 score, the
+    bootstrap over prompts for several samples per prompt or scores that are not 0/1, and the
+    pooled bootstrap when rows differ in length (per-position scores of texts).
 
     >>> str(rate_interval([[1.0], [0.0], [1.0], [1.0]]))
     '0.750 [0.301, 0.954]'
     """
+    if len({len(r) for r in per_prompt}) > 1:
+        return pooled_bootstrap(per_prompt)
     table = _rows(per_prompt, "rate interval")
     if table.shape[1] == 1 and np.isin(table, (0.0, 1.0)).all():
         return wilson(int(table.sum()), table.shape[0])

@@ -61,7 +61,9 @@ class Run:
     suite: dict[str, Any] = field(default_factory=dict)  # what the evaluation measured (sets, judge, decoding)
     speed: dict[str, float] = field(default_factory=dict)  # generated tokens and tokens/s of the evaluation
     tune_results: pd.DataFrame = field(default_factory=pd.DataFrame)  # held-out selection: the tune split
-    _gap: tuple[Any, GapEstimate | None] | None = field(default=None, init=False, repr=False, compare=False)
+    _gaps: dict[str, tuple[Any, GapEstimate | None]] = field(  # bootstraps, by what was matched
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def behaviour(self) -> str:
@@ -75,10 +77,20 @@ class Run:
         """The headline: Steer2Edit's Pareto frontier minus steering's over the utility range
         both reach, with a paired bootstrap interval (None without per-item scores, e.g. a run
         made before they were recorded, or when the frontiers share no utility range)."""
+        return self._gap("utility")
+
+    def kl_gap(self) -> GapEstimate | None:
+        """The same comparison matched on closeness to the unedited model (-KL on benign
+        text) instead of utility, with its paired bootstrap interval (benign texts resampled
+        with the attack prompts). None where KL was not recorded per text."""
+        return self._gap("kl")
+
+    def _gap(self, match: str) -> GapEstimate | None:
         key = (id(self.results), len(self.results), tuple(self.items))
-        if self._gap is None or self._gap[0] != key:  # a bootstrap: computed once per results table
-            self._gap = (key, frontier_gap_with_interval(self.results, self.items))
-        return self._gap[1]
+        cached = self._gaps.get(match)
+        if cached is None or cached[0] != key:  # a bootstrap: computed once per results table
+            cached = self._gaps[match] = (key, frontier_gap_with_interval(self.results, self.items, match=match))
+        return cached[1]
 
     def refusal_table(self, judge: NamedJudge | None = None) -> pd.DataFrame:
         """Refusal rate with its 95% interval per intervention and prompt set, from the recorded
@@ -158,6 +170,7 @@ class Run:
             "plan_files": {name: f"plans/edit_{i:02d}.safetensors" for i, name in enumerate(self.plans)},
             "mean_gain_at_matched_utility": self.comparison().mean_gain,
             "frontier_gap": gap.to_dict() if (gap := self.frontier_gap()) is not None else None,
+            "kl_gap": kl.to_dict() if (kl := self.kl_gap()) is not None else None,
             "operating_point": self.operating_point(),
             "suite": self.suite,
             "judges": judge_summary(self.generations) if self.generations else None,

@@ -148,7 +148,13 @@ class KLReference:
             out[i] = logp.cpu()
         return [t for t in out if t is not None]
 
-    def kl(self, model: LoadedModel) -> float:
+    def kl_by_text(self, model: LoadedModel) -> list[list[float]]:
+        """KL(reference || current) at every scored position, one row per text (rows differ
+        in length); the mean over all entries is :meth:`kl`."""
         current = self._logprobs(model)
-        total = sum(float(metrics.kl_per_position(r, c).sum()) for r, c in zip(self.reference, current, strict=True))
-        return total / sum(r.shape[0] for r in self.reference)
+        return [[float(v) for v in metrics.kl_per_position(r, c)] for r, c in zip(self.reference, current, strict=True)]
+
+    def kl(self, model: LoadedModel) -> float:
+        """The mean KL per position over all texts (longer texts weigh more)."""
+        rows = self.kl_by_text(model)
+        return sum(sum(r) for r in rows) / sum(len(r) for r in rows)

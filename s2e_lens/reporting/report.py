@@ -189,11 +189,23 @@ def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
             f"Mean of the gains at each utility level steering reaches (the unedited model included; "
             f"no interval, kept for comparison with earlier runs): {gain:+.3f}."
         )
-    if "kl" in results and (results["kind"] == "edit").any() and (results["kind"] == "steer").any():
+    kl_estimate = run.kl_gap()
+    if kl_estimate is not None:
+        g, iv = kl_estimate.gap, kl_estimate.interval
+        lines.append(
+            f"Matched instead on closeness to the unedited model (KL on benign text, {-g.high:.3f} to "
+            f"{-g.low:.3f} nats per token, reached by both): Steer2Edit's attribute minus steering's, mean "
+            f"**{g.mean:+.3f}** (95% paired bootstrap interval {iv.low:+.3f} to {iv.high:+.3f}; largest "
+            f"difference {g.largest:+.3f} at KL {-g.at:.3f}): **{kl_estimate.verdict()}**."
+        )
+    elif any("kl" in scores for scores in run.items.values()):
+        lines.append("The two frontiers share no range of KL to the unedited model: no KL-matched comparison.")
+    elif "kl" in results and (results["kind"] == "edit").any() and (results["kind"] == "steer").any():
         kl_gain = compare(results.assign(neg_kl=-results["kl"]), utility="neg_kl").mean_gain
         if not math.isnan(kl_gain):
             lines.append(
-                f"Matched instead on closeness to the unedited model (−KL on benign text): **{kl_gain:+.3f}**."
+                f"Matched instead on closeness to the unedited model (−KL on benign text; mean of the gains, "
+                f"no interval: this run recorded no per-text KL): {kl_gain:+.3f}."
             )
     return rows, lines
 
