@@ -68,26 +68,26 @@ def test_rescore_with_another_judge_needs_no_model(sampled_run: Path, tmp_path: 
     assert text.exit_code == 0 and "disagree on" in text.output
 
 
+BAD_PROTOCOL_OPTIONS = [
+    (["--samples", "0"], "samples must be a whole number >= 1"),
+    (["--temperature", "-0.5"], "temperature must be >= 0"),
+    (["--samples", "4"], "need sampling: give a temperature > 0"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--judge", "no_such_module_q:fn"], "cannot import"),
+    (["--judge", "FILE:not_bool"], "returned str"),
+    (["--attack", "FILE_NOFIELD"], "no field 'prompt' (it has 'goal')"),
+    (["--attack", "FILE_EMPTY"], "no prompts (the file is empty)"),
+]
+GRID_ONLY = [(["--rho-attn", "0.3:0.1:0.1"], "stop >= start")]  # run takes its grid from the preset
+
+
 @pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--samples", "0"], "samples must be a whole number >= 1"),
-        (["--temperature", "-0.5"], "temperature must be >= 0"),
-        (["--samples", "4"], "need sampling: give a temperature > 0"),
-        (["--top-p", "0"], "top_p must be in (0, 1]"),
-        (["--judge", "no_such_module_q:fn"], "cannot import"),
-        (["--judge", "FILE:not_bool"], "returned str"),
-        (["--attack", "FILE_NOFIELD"], "no field 'prompt' (it has 'goal')"),
-        (["--attack", "FILE_EMPTY"], "no prompts (the file is empty)"),
-        (["--rho-attn", "0.3:0.1:0.1"], "stop >= start"),
-    ],
+    "command, extra, message",
+    [("run", *case) for case in BAD_PROTOCOL_OPTIONS] + [("sweep", *case) for case in BAD_PROTOCOL_OPTIONS + GRID_ONLY],
 )
-@pytest.mark.parametrize("command", ["run", "sweep"])
 def test_bad_protocol_options_are_refused_before_any_model_work(
     command: str, extra: list[str], message: str, tmp_path: Path
 ) -> None:
-    if command == "run" and extra[0] == "--rho-attn":
-        pytest.skip("run takes its grid from the preset")
     (tmp_path / "judge.py").write_text("def not_bool(prompt, response):\n    return 'yes'\n")
     (tmp_path / "nofield.jsonl").write_text('{"goal": "x"}\n')
     (tmp_path / "empty.jsonl").write_text("")
