@@ -148,6 +148,34 @@ def lambdas(g: torch.Tensor, rho: float, settings: EditSettings, top_k: int) -> 
     return elastic_net_lambda(g, rho, settings.alpha)
 
 
+# ------------------------------------------------------------------- relative magnitude
+
+
+def relative_scale_heads(
+    W_O: Float[torch.Tensor, "layer head d_head d_model"], v_hat: Float[torch.Tensor, "layer d_model"]
+) -> Float[torch.Tensor, "layer head"]:
+    """What one unit of ``magnitude='relative'`` lambda is in the paper's units, per head.
+
+    An edit ``lam k_hat v_hat^T`` adds ``lam (z . k_hat)`` along v_hat, whose spread over the
+    probe positions is ``|lam| s`` with ``s = std(z . k_hat)``. The head's own output along
+    v_hat is ``z . u`` with ``u = B^T v_hat``; its spread is ``sigma = std(z . u)``. Reading
+    lambda in units of that natural variation, ``lam = lam_rel sigma / s``, makes ``lam_rel = 1``
+    add as much variation along v_hat as the head already has. For the method's direction
+    ``k_hat = u / ||u||``, ``z . u = ||u|| (z . k_hat)``, so ``sigma / s = ||u||`` whatever the
+    inputs' distribution: no second moments are needed. The rescaling ``W_O -> c W_O``,
+    ``z -> z / c`` (same model) multiplies this scale by c and leaves the edit's effect unchanged.
+    """
+    return head_read_vectors(W_O, v_hat).norm(dim=-1)
+
+
+def relative_scale_neurons(
+    W_out: Float[torch.Tensor, "layer d_mlp d_model"], v_hat: Float[torch.Tensor, "layer d_model"]
+) -> Float[torch.Tensor, "layer d_mlp"]:
+    """The neuron case: the edit adds ``lam k a`` along v_hat (spread ``|lam| std(a)``), the
+    neuron itself ``a (w . v_hat)`` (spread ``|w . v_hat| std(a)``): the scale is ``|w . v_hat|``."""
+    return neuron_read(W_out, v_hat).abs()
+
+
 # ------------------------------------------------------------------------------- the update
 
 

@@ -176,7 +176,7 @@ class EditPlan:
             f"{self.variant} plan for {self.model.get('name')}: {n['heads']}/{L * H} heads, "
             f"{n['neurons']}/{L * N} neurons edited (rho_attn={s.rho_attn}, rho_mlp={s.rho_mlp}, "
             f"alpha={s.alpha}, direction={s.direction}, importance={s.importance}, "
-            f"selection={s.selection})"
+            f"selection={s.selection}, magnitude={s.magnitude})"
         )
 
     # ----------------------------------------------------------------- files
@@ -249,6 +249,9 @@ def compute_plan_from_tensors(
     neuron_g = edit_rule.neuron_importance(W_out, mu_post, v_hat_mlp, settings.importance)
     neuron_k = edit_rule.neuron_directions(W_out, v_hat_mlp, mu_post, settings.direction)
     neuron_lambda = edit_rule.lambdas(neuron_g, settings.rho_mlp, settings, settings.top_k_mlp)
+    if settings.magnitude == "relative":
+        head_lambda = head_lambda * edit_rule.relative_scale_heads(W_O, v_hat_attn)
+        neuron_lambda = neuron_lambda * edit_rule.relative_scale_neurons(W_out, v_hat_mlp)
 
     return EditPlan(
         settings=settings,

@@ -12,6 +12,7 @@ from s2e_lens.errors import S2EError
 Direction = Literal["gradient", "mu", "svd"]
 Importance = Literal["cosine", "dot"]
 Selection = Literal["elastic_net", "top_k"]
+Magnitude = Literal["paper", "relative"]
 
 
 class EditSettingsError(S2EError, ValueError):
@@ -29,6 +30,10 @@ class EditSettings:
     (``cosine``, the method, or ``dot``), ``selection`` (``elastic_net``, the method, or
     ``top_k``: an l0 budget keeping the ``top_k_attn`` / ``top_k_mlp`` largest |g| with the l2
     shrink ``lam = g / (rho (1 - alpha))``).
+    ``magnitude``: ``paper`` (lambda as the closed form gives it, in the residual stream's
+    units) or ``relative`` (beyond the paper: the closed form's lambda is read in units of each
+    component's own natural variation along v_hat, so that one rho means the same relative
+    change in every model and layer; see :func:`s2e_lens.core.edit_rule.relative_scale_heads`).
     """
 
     # the defaults are the one source for the API and ``s2e edit``: a gentle attention-only edit,
@@ -41,6 +46,7 @@ class EditSettings:
     selection: Selection = "elastic_net"
     top_k_attn: int = 0
     top_k_mlp: int = 0
+    magnitude: Magnitude = "paper"
 
     def __post_init__(self) -> None:
         for name in ("rho_attn", "rho_mlp", "alpha"):
@@ -58,6 +64,14 @@ class EditSettings:
             raise EditSettingsError(f"importance must be cosine or dot, got {self.importance!r}")
         if self.selection not in ("elastic_net", "top_k"):
             raise EditSettingsError(f"selection must be elastic_net or top_k, got {self.selection!r}")
+        if self.magnitude not in ("paper", "relative"):
+            raise EditSettingsError(f"magnitude must be paper or relative, got {self.magnitude!r}")
+        if self.magnitude == "relative" and self.direction != "gradient" and self.rho_attn > 0:
+            raise EditSettingsError(
+                f"magnitude='relative' with direction={self.direction!r} would need each head's input "
+                "covariance, which the statistics do not collect: use direction='gradient' (the method's), "
+                "or magnitude='paper'"
+            )
         if self.top_k_attn < 0 or self.top_k_mlp < 0:
             raise EditSettingsError("top_k_attn and top_k_mlp must be >= 0")
 
