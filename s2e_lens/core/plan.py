@@ -244,11 +244,12 @@ def compute_plan_from_tensors(
     head_g = edit_rule.head_importance(W_O, mu_z, v_hat_attn, settings.importance)
     head_k = edit_rule.head_directions(W_O, v_hat_attn, mu_z, settings.direction)
     head_k_norm = edit_rule.head_read_vectors(W_O, v_hat_attn).norm(dim=-1)
-    head_lambda = edit_rule.lambdas(head_g, settings.rho_attn, settings, settings.top_k_attn)
-
     neuron_g = edit_rule.neuron_importance(W_out, mu_post, v_hat_mlp, settings.importance)
     neuron_k = edit_rule.neuron_directions(W_out, v_hat_mlp, mu_post, settings.direction)
-    neuron_lambda = edit_rule.lambdas(neuron_g, settings.rho_mlp, settings, settings.top_k_mlp)
+    # layers left out compete for nothing (a top-k budget is spent on the chosen layers only)
+    keep = _layer_mask(settings, W_O.shape[0], W_O.device)
+    head_lambda = edit_rule.lambdas(head_g * keep[:, None], settings.rho_attn, settings, settings.top_k_attn)
+    neuron_lambda = edit_rule.lambdas(neuron_g * keep[:, None], settings.rho_mlp, settings, settings.top_k_mlp)
     if settings.magnitude == "relative":
         head_lambda = head_lambda * edit_rule.relative_scale_heads(W_O, v_hat_attn)
         neuron_lambda = neuron_lambda * edit_rule.relative_scale_neurons(W_out, v_hat_mlp)
@@ -271,6 +272,20 @@ def compute_plan_from_tensors(
         model=dict(model or {}),
         provenance=dict(provenance or {}),
     )
+
+
+def _layer_mask(settings: EditSettings, n_layers: int, device: torch.device) -> torch.Tensor:
+    """1.0 for the layers ``settings.layers`` edits (every layer when None), else 0.0."""
+    if settings.layers is None:
+        return torch.ones(n_layers, device=device)
+    outside = [x for x in settings.layers if x >= n_layers]
+    if outside:
+        raise PlanError(
+            f"settings.layers {outside} are out of range: the model has {n_layers} layers (0-{n_layers - 1})"
+        )
+    keep = torch.zeros(n_layers, device=device)
+    keep[list(settings.layers)] = 1.0
+    return keep
 
 
 def _check_vectors(v: torch.Tensor, name: str, used: bool) -> None:

@@ -34,6 +34,7 @@ class EditSettings:
     units) or ``relative`` (beyond the paper: the closed form's lambda is read in units of each
     component's own natural variation along v_hat, so that one rho means the same relative
     change in every model and layer; see :func:`s2e_lens.core.edit_rule.relative_scale_heads`).
+    ``layers``: edit only these layers (the others keep lambda = 0).
     """
 
     # the defaults are the one source for the API and ``s2e edit``: a gentle attention-only edit,
@@ -47,6 +48,7 @@ class EditSettings:
     top_k_attn: int = 0
     top_k_mlp: int = 0
     magnitude: Magnitude = "paper"
+    layers: tuple[int, ...] | None = None  # edit only these layers (None: every layer)
 
     def __post_init__(self) -> None:
         for name in ("rho_attn", "rho_mlp", "alpha"):
@@ -72,6 +74,11 @@ class EditSettings:
                 "covariance, which the statistics do not collect: use direction='gradient' (the method's), "
                 "or magnitude='paper'"
             )
+        if self.layers is not None:
+            layers = list(self.layers) if isinstance(self.layers, (list, tuple)) else None
+            if not layers or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers):
+                raise EditSettingsError(f"layers must be a non-empty list of layer indices >= 0, got {self.layers!r}")
+            object.__setattr__(self, "layers", tuple(sorted(set(layers))))  # a JSON list reads back the same
         if self.top_k_attn < 0 or self.top_k_mlp < 0:
             raise EditSettingsError("top_k_attn and top_k_mlp must be >= 0")
 

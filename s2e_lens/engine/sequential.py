@@ -1,0 +1,126 @@
+"""Layer-sequential plans (beyond the paper): each block of layers is planned from statistics
+of the model with every earlier block already edited.
+
+The paper computes every component's g and k from the unedited model's mean input mu. Once
+upstream layers are edited, the inputs of later heads and neurons move, so a plain plan's
+prediction of its own shift no longer holds downstream. Here layer l's mu is its input in the
+model as edited so far. The steering vectors (the direction to move along) stay those of the
+unedited model: the behaviour's direction is a property of the model, not of the edit.
+Cost: one statistics pass per block of ``block_size`` layers (the first reuses ``stats``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from s2e_lens.core.contrastive import ContrastiveSet
+from s2e_lens.core.plan import EditPlan, compute_plan_from_tensors
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.statistics import ContrastiveStatistics
+from s2e_lens.engine import mapper
+from s2e_lens.engine.batching import BatchSize
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.planning import compute_plan, model_weights
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.models.identity import model_identity
+from s2e_lens.models.loaded import LoadedModel
+
+
+def sequential_plan(
+    model: LoadedModel,
+    data: ContrastiveSet,
+    stats: ContrastiveStatistics,
+    settings: EditSettings,
+    *,
+    block_size: int = 4,
+    batch_size: BatchSize = None,
+    system: str | None = None,
+    reference_strip: bool = False,
+    progress: bool = True,
+) -> EditPlan:
+    """A plan whose layers ``[b, b + block_size)`` are computed from the statistics of ``data``
+    collected on ``model`` with the plan's layers ``< b`` applied (``stats``: the unedited
+    model's statistics of the same data, which give the steering vectors and the first block).
+    ``settings.layers`` (if set) still limits which layers are edited. The model is left as
+    it was. With ``block_size >= n_layers``, or when only one layer is edited, this is the
+    plain plan."""
+    if block_size < 1:
+        raise InvalidInputError(f"block_size must be >= 1, got {block_size}")
+    if model.applied_plans:
+        raise InvalidInputError("plan on the unedited model: revert the applied edits first")
+    n_layers = model.card.n_layers
+    chosen = set(settings.layers) if settings.layers is not None else set(range(n_layers))
+    weights = model_weights(model)
+    v_attn = stats.positive.attn_out - stats.negative.attn_out
+    v_mlp = stats.positive.mlp_out - stats.negative.mlp_out
+    plain = compute_plan(model, stats, settings, weights=weights)  # checks identity and state
+    mu_z, mu_post = plain.mu_z.clone(), plain.mu_post.clone()
+    head_lambda, neuron_lambda = torch.zeros_like(plain.head_lambda), torch.zeros_like(plain.neuron_lambda)
+    head_g, head_k, neuron_g, neuron_k = (
+        plain.head_g.clone(),
+        plain.head_k.clone(),
+        plain.neuron_g.clone(),
+        plain.neuron_k.clone(),
+    )
+    blocks = [list(range(b, min(b + block_size, n_layers))) for b in range(0, n_layers, block_size)]
+    passes = 0
+    so_far: EditPlan | None = None
+    for block in tqdm(blocks, desc="layer-sequential plan", disable=not progress):
+        todo = [x for x in block if x in chosen]
+        if not todo:
+            continue
+        current = stats
+        if so_far is not None and (so_far.n_edited["heads"] or so_far.n_edited["neurons"]):
+            applied = mapper.apply_plan(model, so_far)
+            try:
+                current = collect_statistics(
+                    model,
+                    data,
+                    batch_size=batch_size,
+                    system=system,
+                    reference_strip=reference_strip,
+                    progress=False,
+                )
+            finally:
+                applied.remove()
+            passes += 1
+        part = compute_plan_from_tensors(
+            *weights,
+            v_attn,
+            v_mlp,
+            current.mu_z,
+            current.mu_post,
+            replace(settings, layers=tuple(todo)),
+        )
+        for x in todo:
+            mu_z[x], mu_post[x] = part.mu_z[x], part.mu_post[x]
+            head_g[x], head_k[x], head_lambda[x] = part.head_g[x], part.head_k[x], part.head_lambda[x]
+            neuron_g[x], neuron_k[x], neuron_lambda[x] = part.neuron_g[x], part.neuron_k[x], part.neuron_lambda[x]
+        so_far = replace(
+            plain,
+            head_lambda=head_lambda.clone(),
+            neuron_lambda=neuron_lambda.clone(),
+            head_k=head_k.clone(),
+            neuron_k=neuron_k.clone(),
+        )
+    provenance: dict[str, Any] = {
+        **plain.provenance,
+        "sequential": {"block_size": block_size, "statistics_passes": passes + 1},
+    }
+    return replace(
+        plain,
+        head_g=head_g,
+        head_lambda=head_lambda,
+        head_k=head_k,
+        mu_z=mu_z,
+        neuron_g=neuron_g,
+        neuron_lambda=neuron_lambda,
+        neuron_k=neuron_k,
+        mu_post=mu_post,
+        model=model_identity(model),
+        provenance=provenance,
+    )

@@ -1,0 +1,87 @@
+"""Layer-sequential plans (issue 15) and the layer restriction they build on, against an
+independent computation: the statistics collected by hand on the model with the earlier
+layers' edits applied."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_set
+
+from s2e_lens.core.plan import EditPlan, PlanError, compute_plan_from_tensors
+from s2e_lens.core.settings import EditSettings, EditSettingsError
+from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.interventions import edited
+from s2e_lens.engine.planning import compute_plan, model_weights
+from s2e_lens.engine.sequential import sequential_plan
+from s2e_lens.models.loading import load_model
+
+SETTINGS = EditSettings(rho_attn=0.05, rho_mlp=0.05, alpha=0.1)
+FIELDS = ("head_lambda", "head_k", "head_g", "mu_z", "neuron_lambda", "neuron_k", "neuron_g", "mu_post")
+
+
+def _equal(a: EditPlan, b: EditPlan, fields: tuple[str, ...] = FIELDS) -> None:
+    for name in fields:
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_layer_restriction(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    stats = collect_statistics(model, tiny_set(5), progress=False)
+    full = compute_plan(model, stats, SETTINGS)
+    only = compute_plan(model, stats, replace(SETTINGS, layers=[1]))  # type: ignore[arg-type]
+    assert only.settings.layers == (1,) and full.n_edited["heads"] > only.n_edited["heads"] > 0
+    assert not only.head_lambda[0].any() and not only.neuron_lambda[0].any()
+    torch.testing.assert_close(only.head_lambda[1], full.head_lambda[1])
+    assert EditPlan.load(only.save(tmp_path / "p")).settings.layers == (1,)  # JSON list -> the same tuple
+    # a top-k budget is spent inside the chosen layers
+    top = compute_plan(model, stats, replace(SETTINGS, selection="top_k", top_k_attn=3, layers=(0,)))
+    assert int(top.edited_heads[0].sum()) == 3 and not top.edited_heads[1].any()
+    with pytest.raises(PlanError, match=r"out of range: the model has 2 layers"):
+        compute_plan(model, stats, replace(SETTINGS, layers=(5,)))
+    for bad in ([], [-1], [0.5], "0"):
+        with pytest.raises(EditSettingsError, match="layers must be"):
+            replace(SETTINGS, layers=bad)  # type: ignore[arg-type]
+
+
+def test_sequential_equals_plain_with_one_block_or_one_edited_layer(tiny_dirs: dict[str, Path]) -> None:
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    data = tiny_set(5)
+    stats = collect_statistics(model, data, progress=False)
+    _equal(
+        sequential_plan(model, data, stats, SETTINGS, block_size=2, progress=False),
+        compute_plan(model, stats, SETTINGS),
+    )
+    one = replace(SETTINGS, layers=(1,))
+    _equal(sequential_plan(model, data, stats, one, block_size=1, progress=False), compute_plan(model, stats, one))
+
+
+def test_sequential_layer_uses_its_input_in_the_edited_model(tiny_dirs: dict[str, Path]) -> None:
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    data = tiny_set(5)
+    stats = collect_statistics(model, data, progress=False)
+    before = {k: v.clone() for k, v in model.hf_state_dict().items()}
+    plan = sequential_plan(model, data, stats, SETTINGS, block_size=1, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.hf_state_dict().items())  # left unedited
+    # by hand: layer 0 as the plain plan edits it, then statistics of the edited model for layer 1
+    first = compute_plan(model, stats, replace(SETTINGS, layers=(0,)))
+    with edited(model, first):
+        after_first = collect_statistics(model, data, progress=False)
+    second = compute_plan_from_tensors(
+        *model_weights(model),
+        stats.positive.attn_out - stats.negative.attn_out,  # the unedited model's direction
+        stats.positive.mlp_out - stats.negative.mlp_out,
+        after_first.mu_z,
+        after_first.mu_post,
+        replace(SETTINGS, layers=(1,)),
+    )
+    torch.testing.assert_close(plan.head_lambda[0], first.head_lambda[0])
+    torch.testing.assert_close(plan.mu_z[1], after_first.mu_z[1])
+    torch.testing.assert_close(plan.head_lambda[1], second.head_lambda[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plan.neuron_lambda[1], second.neuron_lambda[1], rtol=1e-5, atol=1e-6)
+    # the edit moved layer 1's input, so the sequential plan differs from the plain one there
+    assert not torch.allclose(after_first.mu_z[1], stats.mu_z[1])
+    assert plan.provenance["sequential"] == {"block_size": 1, "statistics_passes": 2}
