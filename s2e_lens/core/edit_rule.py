@@ -52,15 +52,19 @@ def head_importance(
 
 
 def head_read_vectors(
-    W_O: Float[torch.Tensor, "layer head d_head d_model"], v_hat: Float[torch.Tensor, "layer d_model"]
+    W_O: Float[torch.Tensor, "layer head d_head d_model"],
+    v_hat: Float[torch.Tensor, "layer d_model"] | Float[torch.Tensor, "layer head d_model"],
 ) -> Float[torch.Tensor, "layer head d_head"]:
-    """``B^T v_hat``: the input direction that moves the head's output most along v_hat."""
+    """``B^T v_hat``: the input direction that moves the head's output most along v_hat
+    (``v_hat`` per layer, or per head)."""
+    if v_hat.ndim == 3:
+        return torch.einsum("lhdm,lhm->lhd", W_O, v_hat)
     return torch.einsum("lhdm,lm->lhd", W_O, v_hat)
 
 
 def head_directions(
     W_O: Float[torch.Tensor, "layer head d_head d_model"],
-    v_hat: Float[torch.Tensor, "layer d_model"],
+    v_hat: Float[torch.Tensor, "layer d_model"] | Float[torch.Tensor, "layer head d_model"],
     mu_z: Float[torch.Tensor, "layer head d_head"],
     direction: Direction = "gradient",
 ) -> Float[torch.Tensor, "layer head d_head"]:
@@ -148,11 +152,46 @@ def lambdas(g: torch.Tensor, rho: float, settings: EditSettings, top_k: int) -> 
     return elastic_net_lambda(g, rho, settings.alpha)
 
 
+# ------------------------------------------------------- component-level vectors (beyond)
+
+
+def component_heads(
+    W_O: Float[torch.Tensor, "layer head d_head d_model"],
+    dz: Float[torch.Tensor, "layer head d_head"],
+    v: Float[torch.Tensor, "layer d_model"],
+) -> tuple[Float[torch.Tensor, "layer head d_model"], Float[torch.Tensor, "layer head"]]:
+    """Each head's own write direction and importance from its own contrast.
+
+    ``c_h = B_h dz_h`` (``dz`` = positive minus negative mean input) is the head's
+    positive-minus-negative output; the attention block's vector is ``v = sum_h c_h`` (the
+    bias cancels), so ``g_h = c_h . v_hat / ||v||`` is the head's share of it (the shares of a
+    layer sum to 1). Returns ``u_h = c_h / ||c_h||`` and ``g_h``.
+    """
+    c = head_outputs(W_O, dz)
+    v_norm = v.norm(dim=-1)
+    share = _safe_div(torch.einsum("lhm,lm->lh", c, v), (v_norm * v_norm)[:, None])
+    return unit(c), share
+
+
+def component_neurons(
+    W_out: Float[torch.Tensor, "layer d_mlp d_model"],
+    dpost: Float[torch.Tensor, "layer d_mlp"],
+    v: Float[torch.Tensor, "layer d_model"],
+) -> tuple[Float[torch.Tensor, "layer d_mlp"], Float[torch.Tensor, "layer d_mlp"]]:
+    """The neuron case: ``c_n = dpost_n w_n``, so its unit direction is ``sign(dpost_n) w_hat_n``
+    (a neuron can only write along its own weight row); ``g_n = dpost_n (w_n . v_hat) / ||v||``.
+    Returns ``sign(dpost_n)`` (the direction's sign along ``w_hat_n``) and ``g_n``."""
+    v_norm = v.norm(dim=-1)
+    share = _safe_div(dpost * neuron_read(W_out, v), (v_norm * v_norm)[:, None])
+    return torch.sign(dpost), share
+
+
 # ------------------------------------------------------------------- relative magnitude
 
 
 def relative_scale_heads(
-    W_O: Float[torch.Tensor, "layer head d_head d_model"], v_hat: Float[torch.Tensor, "layer d_model"]
+    W_O: Float[torch.Tensor, "layer head d_head d_model"],
+    v_hat: Float[torch.Tensor, "layer d_model"] | Float[torch.Tensor, "layer head d_model"],
 ) -> Float[torch.Tensor, "layer head"]:
     """What one unit of ``magnitude='relative'`` lambda is in the paper's units, per head.
 
@@ -182,9 +221,11 @@ def relative_scale_neurons(
 def head_deltas(
     lam: Float[torch.Tensor, "layer head"],
     k_hat: Float[torch.Tensor, "layer head d_head"],
-    v_hat: Float[torch.Tensor, "layer d_model"],
+    v_hat: Float[torch.Tensor, "layer d_model"] | Float[torch.Tensor, "layer head d_model"],
 ) -> Float[torch.Tensor, "layer head d_head d_model"]:
-    """``Delta W_O[l, h] = lam k_hat v_hat^T``."""
+    """``Delta W_O[l, h] = lam k_hat v_hat^T`` (``v_hat`` per layer, or per head)."""
+    if v_hat.ndim == 3:
+        return torch.einsum("lh,lhd,lhm->lhdm", lam, k_hat, v_hat)
     return torch.einsum("lh,lhd,lm->lhdm", lam, k_hat, v_hat)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from s2e_lens.core import edit_rule
 from s2e_lens.core.settings import EditSettings
@@ -36,6 +36,7 @@ TENSOR_FIELDS = (
     "W_O_norm",
     "W_out_norm",
 )
+OPTIONAL_TENSORS = ("head_u", "neuron_u_index", "neuron_u")  # component-level vectors only
 
 
 class PlanError(S2EError, ValueError):
@@ -63,11 +64,24 @@ class EditPlan:
     model: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     variant: str = "steer2edit"  # or "orthogonalisation"
+    # component-level vectors (settings.vectors == "component"): each head's own unit write
+    # direction, and each edited neuron's (its row index and unit direction; sparse, as a dense
+    # [layer, d_mlp, d_model] tensor would be the size of W_out). None: the layer's v_hat.
+    head_u: Float[torch.Tensor, "layer head d_model"] | None = None
+    neuron_u_index: Int[torch.Tensor, "edited 2"] | None = None
+    neuron_u: Float[torch.Tensor, "edited d_model"] | None = None
 
     def __post_init__(self) -> None:
         # stored on the CPU in float32 whatever the model's dtype and device (core.storage)
         for name in TENSOR_FIELDS:
             setattr(self, name, stored(getattr(self, name)))
+        for name in ("head_u", "neuron_u"):
+            if getattr(self, name) is not None:
+                setattr(self, name, stored(getattr(self, name)))
+        if self.neuron_u_index is not None:
+            self.neuron_u_index = self.neuron_u_index.detach().to(device="cpu", dtype=torch.long)
+        if (self.neuron_u is None) != (self.neuron_u_index is None):
+            raise PlanError("neuron_u and neuron_u_index come together")
 
     # ---------------------------------------------------------------- views
 
@@ -93,10 +107,31 @@ class EditPlan:
         return {"heads": int(self.edited_heads.sum()), "neurons": int(self.edited_neurons.sum())}
 
     def delta_W_O(self) -> Float[torch.Tensor, "layer head d_head d_model"]:
-        return edit_rule.head_deltas(self.head_lambda, self.head_k, self.v_hat_attn)
+        write = self.head_u if self.head_u is not None else self.v_hat_attn
+        return edit_rule.head_deltas(self.head_lambda, self.head_k, write)
 
     def delta_W_out(self) -> Float[torch.Tensor, "layer d_mlp d_model"]:
-        return edit_rule.neuron_deltas(self.neuron_lambda, self.neuron_k, self.v_hat_mlp)
+        if self.neuron_u is None or self.neuron_u_index is None:
+            return edit_rule.neuron_deltas(self.neuron_lambda, self.neuron_k, self.v_hat_mlp)
+        L, N = self.neuron_lambda.shape
+        delta = torch.zeros(L, N, self.neuron_u.shape[-1], dtype=self.neuron_u.dtype)
+        layer, index = self.neuron_u_index[:, 0], self.neuron_u_index[:, 1]
+        scale = self.neuron_lambda[layer, index] * self.neuron_k[layer, index]
+        delta[layer, index] = scale[:, None] * self.neuron_u
+        return delta
+
+    def _along_layer_vector(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """How much a unit write of each component projects on its layer's v_hat (1 with the
+        paper's layer vectors)."""
+        heads = torch.ones_like(self.head_lambda)
+        if self.head_u is not None:
+            heads = torch.einsum("lhm,lm->lh", self.head_u, self.v_hat_attn)
+        neurons = torch.ones_like(self.neuron_lambda)
+        if self.neuron_u is not None and self.neuron_u_index is not None:
+            neurons = torch.zeros_like(self.neuron_lambda)
+            layer, index = self.neuron_u_index[:, 0], self.neuron_u_index[:, 1]
+            neurons[layer, index] = (self.neuron_u * self.v_hat_mlp[layer]).sum(-1)
+        return heads, neurons
 
     def predicted_shift(self) -> dict[str, Float[torch.Tensor, " layer"]]:
         """Predicted change of the block output's projection on v_hat at the mean input.
@@ -104,8 +139,9 @@ class EditPlan:
         An edited head adds ``lam (z . k_hat) v_hat``, so at ``z = mu`` the projection moves by
         ``lam (mu . k_hat)``; a neuron adds ``lam k a v_hat``, moving it by ``lam k mu``.
         """
-        heads = (self.head_lambda * torch.einsum("lhd,lhd->lh", self.mu_z, self.head_k)).sum(-1)
-        neurons = (self.neuron_lambda * self.neuron_k * self.mu_post).sum(-1)
+        along_h, along_n = self._along_layer_vector()  # component-level writes project partly
+        heads = (self.head_lambda * torch.einsum("lhd,lhd->lh", self.mu_z, self.head_k) * along_h).sum(-1)
+        neurons = (self.neuron_lambda * self.neuron_k * self.mu_post * along_n).sum(-1)
         return {"attn": heads, "mlp": neurons}
 
     def edit_norms(self) -> dict[str, Float[torch.Tensor, " layer"]]:
@@ -176,7 +212,7 @@ class EditPlan:
             f"{self.variant} plan for {self.model.get('name')}: {n['heads']}/{L * H} heads, "
             f"{n['neurons']}/{L * N} neurons edited (rho_attn={s.rho_attn}, rho_mlp={s.rho_mlp}, "
             f"alpha={s.alpha}, direction={s.direction}, importance={s.importance}, "
-            f"selection={s.selection}, magnitude={s.magnitude})"
+            f"selection={s.selection}, magnitude={s.magnitude}, vectors={s.vectors})"
         )
 
     # ----------------------------------------------------------------- files
@@ -191,6 +227,7 @@ class EditPlan:
             "n_edited": self.n_edited,
         }
         tensors = {name: getattr(self, name) for name in TENSOR_FIELDS}
+        tensors.update({n: getattr(self, n) for n in OPTIONAL_TENSORS if getattr(self, n) is not None})
         return serialization.save(path, tensors, kind="edit_plan", metadata=meta, overwrite=overwrite)
 
     @classmethod
@@ -212,6 +249,7 @@ class EditPlan:
             model=meta["model"],
             provenance=meta["provenance"],
             variant=meta["variant"],
+            **{n: tensors[n] for n in OPTIONAL_TENSORS if n in tensors},
         )
 
 
@@ -229,8 +267,11 @@ def compute_plan_from_tensors(
     *,
     model: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    dz: Float[torch.Tensor, "layer head d_head"] | None = None,
+    dpost: Float[torch.Tensor, "layer d_mlp"] | None = None,
 ) -> EditPlan:
-    """The pure core: weights, steering vectors and input means in, a plan out."""
+    """The pure core: weights, steering vectors and input means in, a plan out. ``dz`` and
+    ``dpost`` (positive minus negative mean inputs) are needed for component-level vectors."""
     _check_vectors(v_attn, "v_attn", settings.rho_attn > 0)
     _check_vectors(v_mlp, "v_mlp", settings.rho_mlp > 0)
     # float32 (or wider) maths on the weights' device, whatever their dtype; the plan stores
@@ -241,18 +282,39 @@ def compute_plan_from_tensors(
     v_hat_mlp = edit_rule.unit(v_mlp.to(device=device, dtype=dtype))
     mu_z, mu_post = mu_z.to(device=device, dtype=dtype), mu_post.to(device=device, dtype=dtype)
 
-    head_g = edit_rule.head_importance(W_O, mu_z, v_hat_attn, settings.importance)
-    head_k = edit_rule.head_directions(W_O, v_hat_attn, mu_z, settings.direction)
-    head_k_norm = edit_rule.head_read_vectors(W_O, v_hat_attn).norm(dim=-1)
-    neuron_g = edit_rule.neuron_importance(W_out, mu_post, v_hat_mlp, settings.importance)
-    neuron_k = edit_rule.neuron_directions(W_out, v_hat_mlp, mu_post, settings.direction)
+    head_u: torch.Tensor | None = None
+    neuron_sign: torch.Tensor | None = None
+    if settings.vectors == "component":
+        if dz is None or dpost is None:
+            raise PlanError("component-level vectors need dz and dpost (positive minus negative mean inputs)")
+        dz, dpost = dz.to(device=device, dtype=dtype), dpost.to(device=device, dtype=dtype)
+        head_u, head_g = edit_rule.component_heads(W_O, dz, v_attn.to(device=device, dtype=dtype))
+        neuron_sign, neuron_g = edit_rule.component_neurons(W_out, dpost, v_mlp.to(device=device, dtype=dtype))
+        write_h: torch.Tensor = head_u
+        # a neuron's own direction is sign(dpost) w_hat, so w . u = sign(dpost) ||w||
+        neuron_k = neuron_sign if settings.direction != "mu" else torch.sign(mu_post)
+    else:
+        head_g = edit_rule.head_importance(W_O, mu_z, v_hat_attn, settings.importance)
+        neuron_g = edit_rule.neuron_importance(W_out, mu_post, v_hat_mlp, settings.importance)
+        neuron_k = edit_rule.neuron_directions(W_out, v_hat_mlp, mu_post, settings.direction)
+        write_h = v_hat_attn
+    head_k = edit_rule.head_directions(W_O, write_h, mu_z, settings.direction)
+    head_k_norm = edit_rule.head_read_vectors(W_O, write_h).norm(dim=-1)
     # layers left out compete for nothing (a top-k budget is spent on the chosen layers only)
     keep = _layer_mask(settings, W_O.shape[0], W_O.device)
     head_lambda = edit_rule.lambdas(head_g * keep[:, None], settings.rho_attn, settings, settings.top_k_attn)
     neuron_lambda = edit_rule.lambdas(neuron_g * keep[:, None], settings.rho_mlp, settings, settings.top_k_mlp)
     if settings.magnitude == "relative":
-        head_lambda = head_lambda * edit_rule.relative_scale_heads(W_O, v_hat_attn)
-        neuron_lambda = neuron_lambda * edit_rule.relative_scale_neurons(W_out, v_hat_mlp)
+        head_lambda = head_lambda * edit_rule.relative_scale_heads(W_O, write_h)
+        neuron_scale = (
+            W_out.norm(dim=-1) if neuron_sign is not None else edit_rule.relative_scale_neurons(W_out, v_hat_mlp)
+        )
+        neuron_lambda = neuron_lambda * neuron_scale
+    neuron_u_index = neuron_u = None
+    if neuron_sign is not None:
+        index = ((neuron_lambda != 0) & (neuron_k != 0)).nonzero()
+        layer, n = index[:, 0], index[:, 1]
+        neuron_u_index, neuron_u = index, neuron_sign[layer, n, None] * edit_rule.unit(W_out[layer, n])
 
     return EditPlan(
         settings=settings,
@@ -271,6 +333,9 @@ def compute_plan_from_tensors(
         W_out_norm=W_out.flatten(1).norm(dim=-1),
         model=dict(model or {}),
         provenance=dict(provenance or {}),
+        head_u=head_u,
+        neuron_u_index=neuron_u_index,
+        neuron_u=neuron_u,
     )
 
 

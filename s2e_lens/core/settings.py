@@ -13,6 +13,7 @@ Direction = Literal["gradient", "mu", "svd"]
 Importance = Literal["cosine", "dot"]
 Selection = Literal["elastic_net", "top_k"]
 Magnitude = Literal["paper", "relative"]
+Vectors = Literal["layer", "component"]
 
 
 class EditSettingsError(S2EError, ValueError):
@@ -35,6 +36,12 @@ class EditSettings:
     component's own natural variation along v_hat, so that one rho means the same relative
     change in every model and layer; see :func:`s2e_lens.core.edit_rule.relative_scale_heads`).
     ``layers``: edit only these layers (the others keep lambda = 0).
+    ``vectors``: ``layer`` (the paper: every component of a layer writes along the layer's
+    v_hat, with ``g = cos(v_hat, B mu)``) or ``component`` (beyond the paper: each head and
+    neuron writes along its own positive-minus-negative output ``c_i``, and its importance is
+    its share of the layer's vector, ``g_i = c_i . v_hat / ||v||``; see
+    :func:`s2e_lens.core.edit_rule.component_heads`). ``importance`` must stay ``cosine``
+    there (the share replaces it).
     """
 
     # the defaults are the one source for the API and ``s2e edit``: a gentle attention-only edit,
@@ -49,6 +56,7 @@ class EditSettings:
     top_k_mlp: int = 0
     magnitude: Magnitude = "paper"
     layers: tuple[int, ...] | None = None  # edit only these layers (None: every layer)
+    vectors: Vectors = "layer"
 
     def __post_init__(self) -> None:
         for name in ("rho_attn", "rho_mlp", "alpha"):
@@ -73,6 +81,13 @@ class EditSettings:
                 f"magnitude='relative' with direction={self.direction!r} would need each head's input "
                 "covariance, which the statistics do not collect: use direction='gradient' (the method's), "
                 "or magnitude='paper'"
+            )
+        if self.vectors not in ("layer", "component"):
+            raise EditSettingsError(f"vectors must be layer or component, got {self.vectors!r}")
+        if self.vectors == "component" and self.importance != "cosine":
+            raise EditSettingsError(
+                "vectors='component' scores each component by its share of the layer's vector; "
+                "importance='dot' has no meaning there: leave importance='cosine'"
             )
         if self.layers is not None:
             layers = list(self.layers) if isinstance(self.layers, (list, tuple)) else None

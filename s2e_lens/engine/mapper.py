@@ -97,6 +97,10 @@ def find_conflicts(model: LoadedModel, plan: EditPlan) -> pd.DataFrame:
 MAX_RELATIVE_UPDATE = 100.0
 
 
+# what a plan writes into the weights (the optional ones: component-level vectors)
+WRITE_TENSORS = ("head_lambda", "head_k", "v_hat_attn", "neuron_lambda", "neuron_k", "v_hat_mlp", "head_u", "neuron_u")
+
+
 class UnsafeEditError(S2EError):
     """A plan that is not finite, or whose updates dwarf the weights they edit."""
 
@@ -124,8 +128,8 @@ def check_plan_is_safe(model: LoadedModel, plan: EditPlan, *, force: bool = Fals
     :data:`MAX_RELATIVE_UPDATE` times the edited weights unless ``force``."""
     bad = [
         name
-        for name in ("head_lambda", "head_k", "v_hat_attn", "neuron_lambda", "neuron_k", "v_hat_mlp")
-        if not torch.isfinite(getattr(plan, name)).all()
+        for name in WRITE_TENSORS
+        if getattr(plan, name) is not None and not torch.isfinite(getattr(plan, name)).all()
     ]
     if bad:
         raise UnsafeEditError(
@@ -151,10 +155,10 @@ def check_plan_is_safe(model: LoadedModel, plan: EditPlan, *, force: bool = Fals
 
 
 def _same_plan(a: EditPlan, b: EditPlan) -> bool:
-    return all(
-        torch.equal(getattr(a, n), getattr(b, n))
-        for n in ("head_lambda", "head_k", "v_hat_attn", "neuron_lambda", "neuron_k", "v_hat_mlp")
-    )
+    def same(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
+        return (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+
+    return all(same(getattr(a, n), getattr(b, n)) for n in WRITE_TENSORS)
 
 
 def apply_plan(
@@ -185,9 +189,19 @@ def apply_plan(
         "neuron_lambda": (card.n_layers, card.d_mlp),
         "v_hat_mlp": (card.n_layers, card.d_model),
     }
+    if plan.head_u is not None:
+        expected["head_u"] = (card.n_layers, card.n_heads, card.d_model)
     for name, shape in expected.items():
         if tuple(getattr(plan, name).shape) != shape:
             raise S2EError(f"edit plan tensor {name} has shape {tuple(getattr(plan, name).shape)}, model needs {shape}")
+    if plan.neuron_u is not None and plan.neuron_u_index is not None:
+        index, rows = plan.neuron_u_index, plan.neuron_u
+        if rows.ndim != 2 or rows.shape[1] != card.d_model or index.shape != (rows.shape[0], 2):
+            raise S2EError(
+                f"edit plan's neuron directions have shape {tuple(rows.shape)}, model needs (n, {card.d_model})"
+            )
+        if len(index) and (int(index[:, 0].max()) >= card.n_layers or int(index[:, 1].max()) >= card.d_mlp):
+            raise S2EError("edit plan's neuron directions name neurons the model does not have")
     if not allow_stack and any(_same_plan(applied.plan, plan) for applied in model.applied_plans):
         raise EditConflictError(
             "this plan is already applied to the model; applying it again would double "

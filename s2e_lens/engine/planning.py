@@ -61,6 +61,8 @@ def compute_plan(
         settings,
         model=model_identity(model),
         provenance=stats.provenance,
+        dz=stats.positive.z - stats.negative.z,
+        dpost=stats.positive.post - stats.negative.post,
     )
 
 

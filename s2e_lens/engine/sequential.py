@@ -95,6 +95,8 @@ def sequential_plan(
             current.mu_z,
             current.mu_post,
             replace(settings, layers=tuple(todo)),
+            dz=stats.positive.z - stats.negative.z,  # component-level directions: the unedited model's
+            dpost=stats.positive.post - stats.negative.post,
         )
         for x in todo:
             mu_z[x], mu_post[x] = part.mu_z[x], part.mu_post[x]
