@@ -98,6 +98,32 @@ def sweep_cmd(
     rho_mlp: Annotated[str, typer.Option(help="MLP budgets (<= 0: off).")] = _listed(DEFAULTS.rho_mlp),
     alpha: Annotated[str, typer.Option(help="l1 shares in [0, 1).")] = _listed(DEFAULTS.alpha),
     selection: SelectionOpt = None,
+    direction: Annotated[
+        str | None, typer.Option(help="Edit rule, k: gradient (the paper's B^T v_hat), mu or svd.")
+    ] = None,
+    importance: Annotated[str | None, typer.Option(help="Edit rule, g: cosine (the paper's) or dot.")] = None,
+    edit_selection: Annotated[
+        str | None, typer.Option(help="Edit rule, which components: elastic_net (the paper's) or top_k.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="With --edit-selection top_k: components per block type.")] = None,
+    magnitude: Annotated[
+        str | None,
+        typer.Option(help="Edit rule, lambda: paper, or relative (in units of each component's own variation)."),
+    ] = None,
+    vectors: Annotated[
+        str | None,
+        typer.Option(help="Edit rule, directions: layer (the paper's v per layer) or component (each one's own)."),
+    ] = None,
+    sequential: Annotated[
+        int | None, typer.Option(help="Layer-sequential plans in blocks of this many layers (0: off).")
+    ] = None,
+    target_kl: Annotated[
+        str | None,
+        typer.Option(
+            help="Calibrate instead of a grid: KL targets on benign text (e.g. 0.05,0.1,0.2); one edit per "
+            "alpha and target (budgets scaled from the first --rho-attn/--rho-mlp) and one steering per target."
+        ),
+    ] = None,
     keep: Annotated[int, typer.Option(min=1, help="Edit candidates kept after KL screening.")] = DEFAULTS.keep_edits,
     max_kl: Annotated[
         float, typer.Option(help="Screening: drop edits with a larger KL on benign text.")
@@ -153,6 +179,14 @@ def sweep_cmd(
             utility=utility,
             n_gsm8k=gsm8k,
             selection=selection,
+            direction=direction,
+            importance=importance,
+            edit_selection=edit_selection,
+            top_k=top_k,
+            magnitude=magnitude,
+            vectors=vectors,
+            sequential=sequential,
+            target_kl=_floats(target_kl, "--target-kl") if target_kl is not None else None,
         ),
     )
     check_data_dir(data_dir)

@@ -181,17 +181,20 @@ def calibrate_plan(
     *,
     tolerance: float = KL_TOLERANCE,
     weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    planner: Callable[[EditSettings], EditPlan] | None = None,
 ) -> Calibrated:
     """The plan of ``settings``' variant whose KL to the unedited model on ``reference``'s texts
     is within ``tolerance`` of ``target``: both budgets are scaled together (their ratio is
-    kept) by a bisection in log space. The model is left unedited."""
+    kept) by a bisection in log space. The model is left unedited. ``planner`` makes each
+    plan (default: :func:`compute_plan` on ``stats``; e.g. a layer-sequential one)."""
     if settings.rho_attn <= 0 and settings.rho_mlp <= 0:
         raise InvalidInputError("calibration needs at least one block type switched on (rho_attn or rho_mlp > 0)")
     weights = weights if weights is not None else model_weights(model)
     plans: dict[float, EditPlan] = {}
 
     def kl_at(scale: float) -> float:
-        plan = compute_plan(model, stats, scaled_settings(settings, scale), weights=weights)
+        scaled = scaled_settings(settings, scale)
+        plan = planner(scaled) if planner is not None else compute_plan(model, stats, scaled, weights=weights)
         plans[scale] = plan
         if not (plan.n_edited["heads"] or plan.n_edited["neurons"]):
             return 0.0
@@ -206,7 +209,7 @@ def calibrate_plan(
     plan, chosen = plans[found.scale], scaled_settings(settings, found.scale)
     label = f"s2e@KL{target:g} rho_attn={chosen.rho_attn:.4g} rho_mlp={chosen.rho_mlp:.4g} alpha={chosen.alpha:g}"
     return Calibrated(
-        interventions.editing(plan, label=label),
+        interventions.edit_intervention(plan, label, target_kl=target),
         found,
         settings=chosen,
         details={"n_edited": plan.n_edited},
@@ -231,5 +234,7 @@ def calibrate_steering(
 
     found = search_log_scale(kl_at, target, increasing=True, start=start, tolerance=tolerance, highest=1e3)
     steer = interventions.steering(vectors, found.scale)
-    steer = replace(steer, label=f"steer@KL{target:g} gamma={found.scale:.4g}")
+    steer = replace(
+        steer, label=f"steer@KL{target:g} gamma={found.scale:.4g}", params={**steer.params, "target_kl": target}
+    )
     return Calibrated(steer, found, gamma=found.scale)

@@ -159,40 +159,52 @@ def grid(
     return [EditSettings(rho_attn=a, rho_mlp=m, alpha=al, **variant) for a in rho_attn for m in rho_mlp for al in alpha]
 
 
+VARIANT_FIELDS = ("direction", "importance", "selection", "magnitude", "vectors")
+
+
+def variant_label(s: EditSettings) -> str:
+    """The settings' rule where it differs from the paper's, for labels (empty: the paper's)."""
+    default = EditSettings()
+    parts = [f"{name}={getattr(s, name)}" for name in VARIANT_FIELDS if getattr(s, name) != getattr(default, name)]
+    if s.selection == "top_k":
+        parts.append(f"top_k={s.top_k_attn}/{s.top_k_mlp}")
+    if s.layers is not None:
+        parts.append(f"layers={','.join(map(str, s.layers))}")
+    return " ".join(parts)
+
+
+def edit_intervention(plan: EditPlan, label: str | None = None, **params: Any) -> Intervention:
+    """A sweep's Steer2Edit candidate: applied with ``force`` (sweeps screen by KL instead)."""
+    s = plan.settings
+    label = label or f"s2e rho_attn={s.rho_attn:g} rho_mlp={s.rho_mlp:g} alpha={s.alpha:g}"
+    if variant_label(s) and variant_label(s) not in label:
+        label += " " + variant_label(s)
+    described = {"rho_attn": s.rho_attn, "rho_mlp": s.rho_mlp, "alpha": s.alpha}
+    described.update({name: getattr(s, name) for name in VARIANT_FIELDS})
+    return Intervention("edit", label, {**described, **params}, plan=plan, force=True)
+
+
 def edit_candidates(
-    model: LoadedModel, stats: ContrastiveStatistics, settings: Sequence[EditSettings]
+    model: LoadedModel,
+    stats: ContrastiveStatistics,
+    settings: Sequence[EditSettings],
+    *,
+    planner: Callable[[EditSettings], EditPlan] | None = None,
 ) -> list[Intervention]:
     """One Steer2Edit intervention per setting; empty plans and duplicates are dropped. They
-    are applied with ``force``: sweeps screen every candidate by its KL instead."""
+    are applied with ``force``: sweeps screen every candidate by its KL instead. ``planner``
+    makes each plan (default: :func:`compute_plan` on ``stats``; e.g. a layer-sequential one)."""
     weights = model_weights(model)
     out, seen = [], set()
     for s in settings:
-        plan = compute_plan(model, stats, s, weights=weights)
+        plan = planner(s) if planner is not None else compute_plan(model, stats, s, weights=weights)
         if not plan.n_edited["heads"] and not plan.n_edited["neurons"]:
             continue
         key = (plan.head_lambda.numpy().tobytes(), plan.neuron_lambda.numpy().tobytes())
         if key in seen:
             continue
         seen.add(key)
-        label = f"s2e rho_attn={s.rho_attn:g} rho_mlp={s.rho_mlp:g} alpha={s.alpha:g}"
-        if (s.direction, s.importance, s.selection) != ("gradient", "cosine", "elastic_net"):
-            label += f" {s.direction}/{s.importance}/{s.selection}"
-        out.append(
-            Intervention(
-                "edit",
-                label,
-                {
-                    "rho_attn": s.rho_attn,
-                    "rho_mlp": s.rho_mlp,
-                    "alpha": s.alpha,
-                    "direction": s.direction,
-                    "importance": s.importance,
-                    "selection": s.selection,
-                },
-                plan=plan,
-                force=True,
-            )
-        )
+        out.append(edit_intervention(plan))
     return out
 
 

@@ -139,13 +139,30 @@ class RunConfig:
     utility: str = "loglik"  # loglik (multiple choice by log-likelihood) or generated (by generated letter)
     n_gsm8k: int = 0  # also GSM8K accuracy by generation on this many problems
     reference_strip: bool = False  # reproduce the reference's .strip() of the probe prompts (a quirk)
+    # the edit rule (EditSettings' variant fields; the defaults are the paper's) and how plans
+    # are made: layer-sequential in blocks of ``sequential`` layers (0: off); ``target_kl``
+    # replaces the budget grid by calibration: one edit per (alpha, target), its budgets scaled
+    # from the first rho_attn / rho_mlp, and one steering strength per target
+    direction: str = "gradient"
+    importance: str = "cosine"
+    edit_selection: str = "elastic_net"
+    top_k: int = 0  # edit_selection top_k: components kept per block type switched on
+    magnitude: str = "paper"
+    vectors: str = "layer"
+    sequential: int = 0
+    target_kl: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         """Bad settings are refused here, before any model is loaded."""
         from s2e_lens.engine.interventions import grid
 
         evaluated_behaviour(self.behaviour)
-        grid(self.rho_attn, self.rho_mlp, self.alpha)  # EditSettings checks each point
+        grid(self.rho_attn, self.rho_mlp, self.alpha, **self.edit_variant())  # EditSettings checks each point
+        if isinstance(self.sequential, bool) or not isinstance(self.sequential, int) or self.sequential < 0:
+            raise InvalidInputError(f"sequential must be a block size >= 1 (or 0: off), got {self.sequential!r}")
+        bad_kl = [t for t in self.target_kl if not (math.isfinite(t) and t > 0)]
+        if bad_kl:
+            raise InvalidInputError(f"KL targets must be positive numbers, got {bad_kl}")
         bad = [g for g in self.gammas if not math.isfinite(g)]
         if bad:
             raise InvalidInputError(f"steering gammas must be finite numbers, got {bad}")
@@ -160,6 +177,18 @@ class RunConfig:
             raise InvalidInputError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         self.check_protocol()
         self.statistics_batch_size("cpu")  # checks batch_size
+
+    def edit_variant(self) -> dict[str, Any]:
+        """EditSettings' rule fields for every grid point."""
+        return {
+            "direction": self.direction,
+            "importance": self.importance,
+            "selection": self.edit_selection,
+            "top_k_attn": self.top_k,
+            "top_k_mlp": self.top_k,
+            "magnitude": self.magnitude,
+            "vectors": self.vectors,
+        }
 
     def check_protocol(self) -> None:
         """Decoding, judge and attack sets: checked (files read, the judge imported and tried)

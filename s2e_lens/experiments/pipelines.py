@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -15,11 +17,17 @@ from s2e_lens.behaviours.custom import custom_jsonl
 from s2e_lens.behaviours.safety import generation_config_sampling, own_probe, read_prompt_list
 from s2e_lens.core.contrastive import ContrastiveSet
 from s2e_lens.core.judges import load_judge
+from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.run import Run
+from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
 from s2e_lens.engine import interventions
+from s2e_lens.engine.calibration import CalibrationError, calibrate_plan, calibrate_steering
 from s2e_lens.engine.extraction import collect_statistics
 from s2e_lens.engine.generation import GenerationSettings, generate
+from s2e_lens.engine.scoring import KLReference
+from s2e_lens.engine.sequential import sequential_plan
 from s2e_lens.experiments import health, sweep
 from s2e_lens.experiments.config import RunConfig
 from s2e_lens.io import files
@@ -59,11 +67,31 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     )
     vectors = SteeringVectors.from_statistics(stats)
     lap("statistics")
-    settings = interventions.grid(config.rho_attn, config.rho_mlp, config.alpha)
-    candidates = interventions.edit_candidates(model, stats, settings)
-    lap("plans")
+    planner = None
+    if config.sequential:
+
+        def planner(s: EditSettings) -> EditPlan:
+            return sequential_plan(
+                model,
+                data,
+                stats,
+                s,
+                block_size=config.sequential,
+                batch_size=config.statistics_batch_size(model.device),
+                system=config.system_prompt,
+                reference_strip=config.reference_strip,
+                progress=False,
+            )
+
     assert suite.kl_reference is not None
-    steering = interventions.steering_sweep(vectors, config.gammas)
+    calibration: list[dict[str, Any]] = []
+    if config.target_kl:
+        candidates, steering = calibrated(config, model, stats, vectors, suite.kl_reference, planner, calibration)
+    else:
+        settings = interventions.grid(config.rho_attn, config.rho_mlp, config.alpha, **config.edit_variant())
+        candidates = interventions.edit_candidates(model, stats, settings, planner=planner)
+        steering = interventions.steering_sweep(vectors, config.gammas)
+    lap("plans")
     tune_results = None
     if config.selection == "paper":  # every candidate on the attribute; the top ones evaluated fully
         kept, screening = sweep.paper_selection(model, suite, candidates, top=config.keep_edits, progress=progress)
@@ -109,10 +137,44 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         stack=health.stack_versions(),
         items={label: r["items"] for label, r in records.items() if r["items"]},
         generations=[{"label": label, **g} for label, r in records.items() for g in r["generations"]],
-        suite={**suite.notes, "selection": config.selection},
+        suite={**suite.notes, "selection": config.selection, **({"calibration": calibration} if calibration else {})},
         speed=speed,
         tune_results=tune_results if tune_results is not None else pd.DataFrame(),
     )
+
+
+def calibrated(
+    config: RunConfig,
+    model: LoadedModel,
+    stats: ContrastiveStatistics,
+    vectors: SteeringVectors,
+    reference: KLReference,
+    planner: Callable[[EditSettings], EditPlan] | None,
+    log: list[dict[str, Any]],
+) -> tuple[list[interventions.Intervention], list[interventions.Intervention]]:
+    """Edits and steering calibrated to each of ``config.target_kl``: one edit per alpha (its
+    budgets scaled from the first rho_attn / rho_mlp) and one steering strength per target.
+    A target an intervention cannot reach is left out and recorded in ``log``, as is every
+    search."""
+    base = interventions.grid(config.rho_attn[:1], config.rho_mlp[:1], config.alpha, **config.edit_variant())
+    edits, steering = [], []
+    for target in config.target_kl:
+        for s in base:
+            try:
+                found = calibrate_plan(model, stats, s, reference, target, planner=planner)
+            except CalibrationError as err:
+                log.append({"kind": "edit", "target_kl": target, "alpha": s.alpha, "error": str(err)})
+                continue
+            log.append({"kind": "edit", **found.to_dict()})
+            edits.append(found.intervention)
+        try:
+            steer = calibrate_steering(model, vectors, reference, target)
+        except CalibrationError as err:
+            log.append({"kind": "steer", "target_kl": target, "error": str(err)})
+            continue
+        log.append({"kind": "steer", **steer.to_dict()})
+        steering.append(steer.intervention)
+    return edits, steering
 
 
 def probe_data(config: RunConfig, model: LoadedModel) -> ContrastiveSet:
