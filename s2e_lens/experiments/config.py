@@ -5,6 +5,7 @@ the CLI reads it at start-up; what it checks against is imported when it is chec
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -304,3 +305,58 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def config_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` texts as RunConfig fields, each converted by the field's type: grids take
+    :func:`parse_grid` ranges, lists are comma-separated, ``none`` clears an optional field.
+    Unknown keys and values of the wrong type are refused with the fields named.
+
+    >>> config_overrides(["n_eval=16", "attacks=advllm,plain", "rho_attn=0.1:0.3:0.1", "temperature=none"])
+    {'n_eval': 16, 'attacks': ('advllm', 'plain'), 'rho_attn': (0.1, 0.2, 0.3), 'temperature': None}
+    """
+    import typing
+
+    hints = typing.get_type_hints(RunConfig)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in hints:
+            known = ", ".join(sorted(hints))
+            raise InvalidInputError(f"--set takes KEY=VALUE with KEY a run setting; got {pair!r}. Settings: {known}")
+        out[key] = _convert(text.strip(), hints[key], key)
+    return out
+
+
+def _convert(text: str, hint: Any, key: str) -> Any:
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    if optional and len(args) == 1:
+        hint = args[0]
+    origin = typing.get_origin(hint)
+    try:
+        if origin is tuple:
+            inner = typing.get_args(hint)[0]
+            if inner is float:
+                return parse_grid(text, key)
+            return tuple(x.strip() for x in text.split(",") if x.strip())
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        if origin is typing.Union or origin is types.UnionType:  # e.g. int | str | None: keep text or int
+            return int(text) if text.isdigit() else text
+        return text
+    except InvalidInputError:
+        raise
+    except ValueError:
+        raise InvalidInputError(f"--set {key}={text!r}: not a valid {getattr(hint, '__name__', hint)}") from None

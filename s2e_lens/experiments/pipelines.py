@@ -35,10 +35,20 @@ from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.loading import load_model
 
 
-def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool = True) -> Run:
+def run(
+    config: RunConfig,
+    *,
+    model: LoadedModel | None = None,
+    progress: bool = True,
+    prepared: tuple[ContrastiveSet, ContrastiveStatistics] | None = None,
+    include_unedited: bool = True,
+) -> Run:
     """Everything but the report: check the unedited model, build the behaviour's data,
     collect statistics, screen edit candidates, evaluate steering, the kept edits (and the
-    baselines) on the test split."""
+    baselines) on the test split. ``prepared`` (the probe data and its statistics on this
+    model, from an earlier run with the same probe settings) skips building them again;
+    ``include_unedited=False`` does not measure the unedited model (an ablation measures it
+    once)."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -53,17 +63,21 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     lap("load")
     checks = health.preflight(model, known=config.check_answers).checks
     lap("checks")
-    data = probe_data(config, model)
+    data = prepared[0] if prepared is not None else probe_data(config, model)
     assert behaviour.suite is not None
     suite = behaviour.suite(model, config.suite_size())
     lap("data")
-    stats = collect_statistics(
-        model,
-        data,
-        batch_size=config.statistics_batch_size(model.device),
-        system=config.system_prompt,
-        reference_strip=config.reference_strip,
-        progress=progress,
+    stats = (
+        prepared[1]
+        if prepared is not None
+        else collect_statistics(
+            model,
+            data,
+            batch_size=config.statistics_batch_size(model.device),
+            system=config.system_prompt,
+            reference_strip=config.reference_strip,
+            progress=progress,
+        )
     )
     vectors = SteeringVectors.from_statistics(stats)
     lap("statistics")
@@ -102,7 +116,12 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
     if config.selection == "heldout":  # choose on the tune split, report on the test split
         tune_suite = behaviour.suite(model, dataclasses.replace(config.suite_size(), part="tune"))
         tune_results = sweep.run(
-            model, tune_suite, steering + kept, progress=progress, max_degenerate=config.max_degenerate
+            model,
+            tune_suite,
+            steering + kept,
+            progress=progress,
+            max_degenerate=config.max_degenerate,
+            include_unedited=include_unedited,
         )
         kept = sweep.heldout_selection(tune_results, kept, keep=config.keep_edits)
     lap("pruning")
@@ -114,7 +133,13 @@ def run(config: RunConfig, *, model: LoadedModel | None = None, progress: bool =
         ]
     records: sweep.Records = {}
     results = sweep.run(
-        model, suite, evaluated, progress=progress, max_degenerate=config.max_degenerate, records=records
+        model,
+        suite,
+        evaluated,
+        progress=progress,
+        max_degenerate=config.max_degenerate,
+        records=records,
+        include_unedited=include_unedited,
     )
     lap("evaluation")
     speed: dict[str, float] = {}

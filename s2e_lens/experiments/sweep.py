@@ -53,15 +53,17 @@ def run(
     progress: bool = True,
     max_degenerate: float = DEGENERATE_LIMIT,
     records: Records | None = None,
+    include_unedited: bool = True,
 ) -> pd.DataFrame:
     """Measure every intervention (the unedited model is always included). A row whose
     ``degenerate`` share exceeds ``max_degenerate`` gets ``degenerate_flag`` (see
     :func:`s2e_lens.core.comparison.sane`). Where the suite gives per-item scores, the row
     gets 95% intervals (``attribute_low/high``, ``utility_low/high``: Wilson over prompts, or
     the bootstrap over prompts with several samples each); ``records`` (if given) receives
-    each label's per-item scores and generation records."""
+    each label's per-item scores and generation records. ``include_unedited=False`` leaves the
+    unedited model out (when another sweep of the same suite measured it)."""
     todo = list(interventions)
-    if not any(i.kind == "none" for i in todo):
+    if include_unedited and not any(i.kind == "none" for i in todo):
         todo.insert(0, unedited())
     rows = []
     for item in tqdm(todo, desc=f"{suite.behaviour} sweep", disable=not progress):

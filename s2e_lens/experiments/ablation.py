@@ -1,0 +1,215 @@
+"""The ablation table: Steer2Edit's edit rule with one part changed at a time, each variant
+at its best budget on a grid, against activation steering on the same prompts.
+
+One model load, one probe data set and one statistics pass serve every variant; the unedited
+model and steering are measured once. Each variant then gets its own candidates, selection
+and evaluation (:func:`s2e_lens.experiments.pipelines.run`). Per variant the table gives the
+paper's score (attribute x utility of its best edit, with a bootstrap interval over prompts
+and items) and the comparison with steering: the frontier gap at matched utility and at
+matched KL, each with its paired bootstrap interval (same prompts for both methods).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from s2e_lens.core.comparison import frontier_gap_with_interval, sane
+from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled
+from s2e_lens.core.run import save_table
+from s2e_lens.errors import InvalidInputError
+from s2e_lens.experiments import pipelines
+from s2e_lens.experiments.config import RunConfig
+from s2e_lens.io import files
+from s2e_lens.models.loaded import LoadedModel
+from s2e_lens.models.loading import load_model
+
+# The paper's ablation (its Table: attribute x utility on safety), then ours (issue 15). Each
+# variant is a set of RunConfig fields applied on top of the run's settings.
+PAPER_SCORES = {
+    "full": 0.427,
+    "k=svd": 0.349,
+    "k=mu": 0.309,
+    "top-K (l0)": 0.271,
+    "l2 (alpha=0)": 0.076,
+    "g=dot": 0.039,
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "k=mu": {"direction": "mu"},
+    "k=svd": {"direction": "svd"},
+    "g=dot": {"importance": "dot"},
+    "top-K (l0)": {"edit_selection": "top_k"},  # top_k: RunConfig.top_k, or TOP_K by default
+    "l2 (alpha=0)": {"alpha": (0.0,)},
+    "relative": {"magnitude": "relative"},
+    "component": {"vectors": "component"},
+    "sequential": {"sequential": 4},
+}
+PAPER_VARIANTS = tuple(PAPER_SCORES)
+TOP_K = 20  # components per block type for the l0 variant when the run sets none
+
+
+def paper_score(items: dict[str, Any], *, n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> Interval:
+    """The paper's figure of merit, attribute x utility, with a percentile bootstrap interval
+    (attack prompts and utility items resampled independently: they are different sets)."""
+    a, u = pooled(items["attribute"]), pooled(items["utility"])
+    rng = np.random.default_rng(seed)
+    ia = rng.integers(0, len(a[0]), size=(n_boot, len(a[0])))
+    iu = rng.integers(0, len(u[0]), size=(n_boot, len(u[0])))
+    draws = (a[0][ia].sum(1) / a[1][ia].sum(1)) * (u[0][iu].sum(1) / u[1][iu].sum(1))
+    estimate = float(a[0].sum() / a[1].sum() * u[0].sum() / u[1].sum())
+    return Interval(estimate, float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975)))
+
+
+@dataclass
+class Ablation:
+    """Every variant's evaluated results beside steering's, and the table."""
+
+    config: dict[str, Any]
+    results: pd.DataFrame  # one row per evaluated intervention, with its variant
+    items: dict[str, dict[str, Any]]
+    table: pd.DataFrame  # one row per variant
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """ablation.csv/json (the table), results.csv/json, items.json, config.json and
+        ablation.md, written as one output."""
+        import json
+
+        out = Path(out)
+        with files.atomic_directory(out, overwrite=overwrite) as scratch:
+            save_table(self.table, scratch / "ablation")
+            save_table(self.results, scratch / "results")
+            (scratch / "items.json").write_text(json.dumps(self.items))
+            (scratch / "config.json").write_text(json.dumps({**self.config, "timings_s": self.timings}, indent=1))
+            (scratch / "ablation.md").write_text(self.markdown())
+        return out
+
+    def markdown(self) -> str:
+        """The table as Markdown, beside the paper's numbers."""
+        lines = [
+            "| variant | best edit | attribute | utility | attribute x utility [95%] | paper | "
+            "gain at matched utility [95%] | gain at matched KL [95%] |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+
+        def gap(row: pd.Series, key: str) -> str:
+            if pd.isna(row[f"{key}_mean"]):
+                return "no shared range"
+            return f"{row[f'{key}_mean']:+.3f} [{row[f'{key}_low']:+.3f}, {row[f'{key}_high']:+.3f}]"
+
+        for _, r in self.table.iterrows():
+            paper = f"{PAPER_SCORES[r['variant']]:.3f}" if r["variant"] in PAPER_SCORES else "-"
+            if pd.isna(r["score"]):
+                lines.append(f"| {r['variant']} | none (no sane edit) | | | | {paper} | | |")
+                continue
+            lines.append(
+                f"| {r['variant']} | {r['best']} | {r['attribute']:.3f} | {r['utility']:.3f} | "
+                f"{r['score']:.3f} [{r['score_low']:.3f}, {r['score_high']:.3f}] | {paper} | "
+                f"{gap(r, 'gap')} | {gap(r, 'kl_gap')} |"
+            )
+        order = [v for v in self.table.sort_values("score", ascending=False)["variant"] if v in PAPER_SCORES]
+        lines += ["", f"Observed order (paper's variants): {' > '.join(order)}."]
+        lines.append(f"The paper's order: {' > '.join(PAPER_VARIANTS)}.")
+        return "\n".join(lines) + "\n"
+
+
+def ablate(
+    config: RunConfig,
+    variants: tuple[str, ...] = PAPER_VARIANTS,
+    *,
+    model: LoadedModel | None = None,
+    progress: bool = True,
+) -> Ablation:
+    """Evaluate each of ``variants`` (names in :data:`VARIANTS`) with ``config``'s data,
+    grid, selection and suite, and steering once; build the table."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise InvalidInputError(f"unknown ablation variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    settings = {name: _variant_config(config, name) for name in variants}  # all checked before any model work
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    model = model or load_model(config.model, progress=progress, **config.placement())
+    data = pipelines.probe_data(config, model)
+    from s2e_lens.engine.extraction import collect_statistics
+
+    stats = collect_statistics(
+        model,
+        data,
+        batch_size=config.statistics_batch_size(model.device),
+        system=config.system_prompt,
+        reference_strip=config.reference_strip,
+        progress=progress,
+    )
+    timings["data and statistics"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    baseline = pipelines.run(
+        dataclasses.replace(config, rho_attn=(0.0,), rho_mlp=(0.0,), target_kl=(), baselines=False),
+        model=model,
+        progress=progress,
+        prepared=(data, stats),
+    )  # the unedited model and steering (no edit candidates on an all-off grid)
+    timings["steering"] = round(time.perf_counter() - started, 1)
+    frames = [baseline.results.assign(variant="steering")]
+    items: dict[str, dict[str, Any]] = dict(baseline.items)
+    for name in tqdm(variants, desc="ablation", disable=not progress):
+        started = time.perf_counter()
+        part = pipelines.run(
+            settings[name], model=model, progress=progress, prepared=(data, stats), include_unedited=False
+        )
+        rename = {label: f"[{name}] {label}" for label in part.results["label"]}
+        frames.append(part.results.assign(variant=name, label=part.results["label"].map(rename)))
+        items.update({rename[label]: scores for label, scores in part.items.items()})
+        timings[name] = round(time.perf_counter() - started, 1)
+    results = pd.concat(frames, ignore_index=True)
+    table = pd.DataFrame([_row(name, results, items) for name in variants])
+    return Ablation(
+        config=config.to_dict() | {"variants": list(variants)},
+        results=results,
+        items=items,
+        table=table,
+        timings=timings,
+    )
+
+
+def _variant_config(config: RunConfig, name: str) -> RunConfig:
+    fields = dict(VARIANTS[name])
+    if fields.get("edit_selection") == "top_k" and not config.top_k:
+        fields["top_k"] = TOP_K
+    return dataclasses.replace(config, gammas=(), baselines=False, **fields)
+
+
+def _row(name: str, results: pd.DataFrame, items: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    mine = results[(results["variant"] == name) & (results["kind"] == "edit")]
+    ok = sane(mine)
+    row: dict[str, Any] = {"variant": name, "n_evaluated": len(mine), "n_sane": len(ok)}
+    if ok.empty:
+        return row | {"best": None, "score": np.nan}
+    scored = ok.assign(score=ok["attribute"] * ok["utility"]).sort_values(["score", "attribute"], ascending=False)
+    best = scored.iloc[0]
+    row |= {"best": best["label"], "attribute": best["attribute"], "utility": best["utility"], "kl": best.get("kl")}
+    if best["label"] in items and {"attribute", "utility"} <= set(items[best["label"]]):
+        ci = paper_score(items[best["label"]])
+        row |= {"score": ci.estimate, "score_low": ci.low, "score_high": ci.high}
+    else:
+        row |= {"score": float(best["score"]), "score_low": np.nan, "score_high": np.nan}
+    versus = results[(results["variant"].isin(["steering", name]))]
+    for key, match in (("gap", "utility"), ("kl_gap", "kl")):
+        est = frontier_gap_with_interval(versus, items, match=match)
+        if est is None:
+            row |= {f"{key}_mean": np.nan, f"{key}_low": np.nan, f"{key}_high": np.nan, f"{key}_verdict": None}
+        else:
+            row |= {
+                f"{key}_mean": est.gap.mean,
+                f"{key}_low": est.interval.low,
+                f"{key}_high": est.interval.high,
+                f"{key}_verdict": est.verdict(),
+            }
+    return row

@@ -1,0 +1,76 @@
+"""The ablation table (issue 15): the paper's score with its interval, and `s2e ablate` on a
+tiny model, checked against the evaluated rows it is built from."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from s2e_lens.cli import app
+from s2e_lens.core.comparison import sane
+from s2e_lens.experiments.ablation import paper_score
+
+SHARED = Path(os.environ.get("S2E_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+runner = CliRunner()
+
+
+def test_paper_score_interval_against_brute_force() -> None:
+    """Attack prompts and utility items resampled independently: every one of the 3^3 x 2^2
+    equally likely resamples enumerated, the interval's bounds are that distribution's quantiles."""
+    items = {"attribute": [[1.0], [0.0], [1.0]], "utility": [[1.0], [0.5]]}
+    ci = paper_score(items, n_boot=40000, seed=5)
+    a, u = [1.0, 0.0, 1.0], [1.0, 0.5]
+    draws = [np.mean(x) * np.mean(y) for x in itertools.product(a, repeat=3) for y in itertools.product(u, repeat=2)]
+    assert ci.estimate == pytest.approx(2 / 3 * 0.75)
+    assert ci.low == pytest.approx(np.quantile(draws, 0.025, method="inverted_cdf"), abs=1e-9)
+    assert ci.high == pytest.approx(np.quantile(draws, 0.975, method="inverted_cdf"), abs=1e-9)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
+def test_ablate_builds_its_table_from_the_evaluated_rows(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "abl"
+    sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "gammas=0.5,1", "rho_attn=0.3,0.5", "rho_mlp=0",
+            "alpha=0.5", "keep_edits=2", "max_kl=100", "check_answers=false", "max_degenerate=1"]  # fmt: skip
+    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--variants", "full,k=mu", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    results = pd.read_json(out / "results.json")
+    table = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
+    assert (results["kind"] == "none").sum() == 1  # the unedited model, measured once
+    assert sorted(results.loc[results["kind"] == "steer", "gamma"]) == [0.5, 1.0]
+    assert set(results["variant"]) == {"steering", "full", "k=mu"}
+    assert set(results.loc[results["variant"] == "k=mu", "direction"]) == {"mu"}
+    for name in ("full", "k=mu"):
+        edits = sane(results[(results["variant"] == name) & (results["kind"] == "edit")])
+        by_hand = max(edits.itertuples(), key=lambda r: (r.attribute * r.utility, r.attribute))
+        row = table[name]
+        assert row["best"] == by_hand.label and row["best"].startswith(f"[{name}] ")
+        assert row["score"] == pytest.approx(by_hand.attribute * by_hand.utility, abs=1e-9)
+        assert row["score_low"] <= row["score"] <= row["score_high"]
+    md = (out / "ablation.md").read_text()
+    assert "| full |" in md and "The paper's order: full > k=svd > k=mu" in md
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--variants", "full,bogus"], "unknown variant(s) ['bogus']"),
+        (["--set", "n_evals=3"], "--set takes KEY=VALUE with KEY a run setting"),
+        (["--set", "n_eval=three"], "not a valid int"),
+        (["--set", "rho_attn=0.3:0.1:0.1"], "stop >= start"),
+    ],
+)
+def test_bad_ablation_options_are_refused_before_any_model_work(extra: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["ablate", "safety", "--model", "/no/such/model", "--out", str(out), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not out.exists()
