@@ -307,7 +307,29 @@ BEHAVIOUR = register(
 
 # ------------------------------------------------------------------ probe data: the paper's own
 
-PROBES = ("teacher-forced", "own")  # or a JSONL file of prompt, response, label rows
+PROBES = ("teacher-forced", "own", "prompts")  # or a JSONL file of prompt, response, label rows
+PLACEHOLDER = "OK"  # the response of a prompt-contrast pair: statistics over the prompt never read it
+
+
+def prompt_contrast(part: str = "tune") -> ContrastiveSet:
+    """Where refusal is decided before the first response token: harmful prompts (positive)
+    against harmless ones (negative, scary-but-safe ones included), for statistics over the
+    last prompt positions (``positions="prompt_end"``). Teacher-forced and own-answer sets pair
+    the same prompts on both sides, so their prompt positions do not differ; this one does.
+    Each pair's response is a placeholder that prompt-end statistics never read."""
+    data = safety_prompts(part)
+    harmful = [r["prompt"] for r in split(load_harmful_prompts(), lambda r: r["prompt"], part)]
+    return ContrastiveSet.from_pairs(
+        [(p, PLACEHOLDER) for p in harmful],
+        [(p, PLACEHOLDER) for p in data["harmless"]],
+        {
+            "behaviour": "safety",
+            "mode": "prompt_contrast",
+            "split": part,
+            "source": "s2e_lens/data/safety (harmful vs harmless prompts)",
+            "n_prompts": len(harmful),
+        },
+    )
 
 
 def generation_config_sampling(model: LoadedModel) -> tuple[float, float]:

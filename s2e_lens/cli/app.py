@@ -145,7 +145,8 @@ ProbeOpt = Annotated[
         "--probe",
         help="Safety probe data: teacher-forced (our written refusal/compliance texts, the default), own (the "
         "paper's: the model's own answers to MaliciousInstruct vs to Alpaca re-paired with the same questions), "
-        "or a JSONL of prompt, response, label rows.",
+        "prompts (harmful vs harmless prompts, for --positions prompt_end), or a JSONL of prompt, response, "
+        "label rows.",
     ),
 ]
 ProbePromptsOpt = Annotated[

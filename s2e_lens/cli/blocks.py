@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from s2e_lens.cli.app import (
+    BenignPromptsOpt,
     DataDirOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
+    JudgeOpt,
     ModelOpt,
     OutOpt,
     OverwriteOpt,
+    ProbeOpt,
+    ProbePromptsOpt,
     ReferenceStripOpt,
     SystemPromptOpt,
     app,
@@ -41,13 +45,27 @@ def extract_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     system_prompt: SystemPromptOpt = None,
     reference_strip: ReferenceStripOpt = False,
+    probe: ProbeOpt = None,
+    probe_prompts: ProbePromptsOpt = None,
+    benign_prompts: BenignPromptsOpt = None,
+    judge: JudgeOpt = None,
+    positions: Annotated[
+        str,
+        typer.Option(
+            help="Where statistics average: response (the paper's), prompt_end (the last --prompt-positions "
+            "prompt tokens; with --probe prompts) or both."
+        ),
+    ] = "response",
+    prompt_positions: Annotated[int, typer.Option(help="Prompt tokens for --positions.")] = 4,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Contrastive statistics and steering vectors of a behaviour (tune split), saved as
-    statistics.safetensors and steering_vectors.safetensors (+ JSON) in --out.
+    statistics.safetensors and steering_vectors.safetensors (+ JSON) in --out. For safety,
+    --probe chooses the data: our teacher-forced texts, the model's own answers (the paper's
+    construction; --judge counts its refusals), harmful vs harmless prompts, or your JSONL.
 
-    Example: s2e extract safety --out runs/safety-stats
+    Example: s2e extract safety --probe own --out runs/safety-own-stats
     """
     from s2e_lens.behaviours import by_name, names
     from s2e_lens.core.vectors import SteeringVectors
@@ -65,11 +83,32 @@ def extract_cmd(
     for stem in ("statistics", "steering_vectors"):
         check_save_target(folder / stem, overwrite=overwrite, inputs=inputs)
     data_set = None
-    if behaviour == "custom" or behaviour == "safety":  # read before the model loads
+    probe_config = None
+    if behaviour == "safety" and (probe or positions != "response"):  # the run's probe settings, checked now
+        from s2e_lens.experiments.config import RunConfig
+
+        given: dict[str, Any] = {"probe": probe, "probe_prompts": probe_prompts, "benign_prompts": benign_prompts}
+        given["judge"] = judge
+        probe_config = RunConfig(
+            behaviour="safety",
+            model=model_name,
+            data_dir=data_dir,
+            system_prompt=system_prompt,
+            positions=positions,
+            prompt_positions=prompt_positions,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    elif probe or probe_prompts or benign_prompts or judge:
+        raise InvalidInputError("--probe, --probe-prompts, --benign-prompts and --judge choose safety probe data")
+    elif behaviour == "custom" or behaviour == "safety":  # read before the model loads
         data_set = by_name(behaviour, data=data)
     else:
         check_data_dir(data_dir)
     model = load_model(model_name, progress=False, **where)
+    if probe_config is not None:
+        from s2e_lens.experiments.pipelines import probe_data
+
+        data_set = probe_data(probe_config, model)
     data_set = data_set or by_name(behaviour, model=model, data=data, data_dir=data_dir)
     stats = collect_statistics(
         model,
@@ -77,6 +116,8 @@ def extract_cmd(
         batch_size=batch_size,
         system=system_prompt,
         reference_strip=reference_strip,
+        positions=positions,
+        prompt_positions=prompt_positions,
         progress=not as_json,
     )
     vectors = SteeringVectors.from_statistics(stats)
@@ -96,6 +137,7 @@ def extract_cmd(
                     "files": files,
                     "n_positive": stats.positive.n_samples,
                     "n_negative": stats.negative.n_samples,
+                    "data": stats.provenance,
                     "v_attn_norm": attn_norms,
                     "v_mlp_norm": mlp_norms,
                 }

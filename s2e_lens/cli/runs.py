@@ -124,6 +124,14 @@ def sweep_cmd(
             "alpha and target (budgets scaled from the first --rho-attn/--rho-mlp) and one steering per target."
         ),
     ] = None,
+    positions: Annotated[
+        str | None,
+        typer.Option(
+            help="Where statistics average: response (the paper's), prompt_end (the last --prompt-positions "
+            "prompt tokens; with --probe prompts) or both."
+        ),
+    ] = None,
+    prompt_positions: Annotated[int | None, typer.Option(help="Prompt tokens for --positions.")] = None,
     keep: Annotated[int, typer.Option(min=1, help="Edit candidates kept after KL screening.")] = DEFAULTS.keep_edits,
     max_kl: Annotated[
         float, typer.Option(help="Screening: drop edits with a larger KL on benign text.")
@@ -187,6 +195,8 @@ def sweep_cmd(
             vectors=vectors,
             sequential=sequential,
             target_kl=_floats(target_kl, "--target-kl") if target_kl is not None else None,
+            positions=positions,
+            prompt_positions=prompt_positions,
         ),
     )
     check_data_dir(data_dir)

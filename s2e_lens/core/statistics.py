@@ -23,6 +23,21 @@ POSITIONS_RULE = (
 )
 
 
+def positions_rule(positions: str = "response", prompt_positions: int = 4) -> str:
+    """The statistics' positions rule in words (``response`` is the paper's)."""
+    if positions == "response":
+        return POSITIONS_RULE
+    window = {
+        "prompt_end": f"the last {prompt_positions} positions of the rendered prompt [start-{prompt_positions}, start)",
+        "both": f"the last {prompt_positions} prompt positions and the response-predicting ones "
+        f"[start-{prompt_positions}, end-1)",
+    }[positions]
+    return (
+        f"{window} of each sample, start = token length of the rendered prompt; mean over positions "
+        "within a sample, then over samples"
+    )
+
+
 @dataclass
 class SetMeans:
     """Means over one set (positive or negative)."""

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from s2e_lens.core.contrastive import ContrastiveSet
-from s2e_lens.core.statistics import ContrastiveStatistics, SetMeans
+from s2e_lens.core.statistics import ContrastiveStatistics, SetMeans, positions_rule
 from s2e_lens.core.storage import accumulator_dtype, stored
 from s2e_lens.engine.batching import AUTO_START, BatchSize, largest_that_fits, resolve
 from s2e_lens.engine.hooks import Point, hook_name
@@ -37,6 +37,8 @@ def collect_statistics(
     sort_by_length: bool = True,
     system: str | None = None,
     reference_strip: bool = False,
+    positions: str = "response",
+    prompt_positions: int = 4,
     progress: bool = True,
 ) -> ContrastiveStatistics:
     """Means of block outputs and component inputs over the positive and the negative set.
@@ -46,7 +48,10 @@ def collect_statistics(
     position ids count real tokens only). ``batch_size``: 8 on the CPU; on accelerators "auto",
     the largest that fits (halved after an out-of-memory error). ``system`` is a system prompt
     for every pair; ``reference_strip`` reproduces the reference implementation's stripped
-    prompts (see :func:`s2e_lens.models.tokens.encode_pairs`; off by default).
+    prompts (see :func:`s2e_lens.models.tokens.encode_pairs`; off by default). ``positions``:
+    where each sample's mean is taken, ``response`` (the paper's), ``prompt_end`` (the last
+    ``prompt_positions`` prompt tokens) or ``both`` (:meth:`EncodedSample.window`); a
+    ``prompt_end`` contrast needs positive and negative prompts that differ.
     """
     tok = model.tokenizer
     pad_id = pad_token_id(tok)
@@ -57,11 +62,14 @@ def collect_statistics(
     for side, samples in encoded.items():
         for i, sample in enumerate(samples):
             model.check_context(sample.end, f"{side} pair {i}")
+            sample.window(positions, prompt_positions)  # checks the rule before any model work
     size = resolve(batch_size, model.device, DEFAULT_BATCH_SIZE)
     ordered = {side: _order(samples, sort_by_length) for side, samples in encoded.items()}
 
     def batches(side: str, n: int) -> list[Batch]:
-        return make_batches(ordered[side], n, pad_id, padding_side=padding_side)
+        return make_batches(
+            ordered[side], n, pad_id, padding_side=padding_side, positions=positions, prompt_positions=prompt_positions
+        )
 
     start = size if size != "auto" else min(AUTO_START, max(len(s) for s in encoded.values()))
     bar = tqdm(
@@ -86,13 +94,15 @@ def collect_statistics(
             means[side] = SetMeans(
                 **{k: stored(v / n) for k, v in sums.items()},
                 n_samples=n,
-                n_tokens=sum(s.n_response for s in encoded[side]),
+                n_tokens=sum(hi - lo for lo, hi in (s.window(positions, prompt_positions) for s in encoded[side])),
             )
     provenance = dict(data.provenance)
     if system is not None:
         provenance["system_prompt"] = system
     if reference_strip:
         provenance["reference_strip"] = True
+    if positions != "response":
+        provenance["positions"] = {"rule": positions, "prompt_positions": prompt_positions}
     provenance["model_state"] = model.state()  # edits applied and steering active during the pass
     provenance.setdefault("n_positive", len(data.positive))
     provenance.setdefault("n_negative", len(data.negative))
@@ -101,6 +111,7 @@ def collect_statistics(
         negative=means["negative"],
         model=model_identity(model),
         provenance=provenance,
+        positions=positions_rule(positions, prompt_positions),
     )
 
 

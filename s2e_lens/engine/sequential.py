@@ -40,13 +40,16 @@ def sequential_plan(
     batch_size: BatchSize = None,
     system: str | None = None,
     reference_strip: bool = False,
+    positions: str = "response",
+    prompt_positions: int = 4,
     progress: bool = True,
 ) -> EditPlan:
     """A plan whose layers ``[b, b + block_size)`` are computed from the statistics of ``data``
     collected on ``model`` with the plan's layers ``< b`` applied (``stats``: the unedited
     model's statistics of the same data, which give the steering vectors and the first block).
     ``settings.layers`` (if set) still limits which layers are edited. The model is left as
-    it was. With ``block_size >= n_layers``, or when only one layer is edited, this is the
+    it was. Give the same ``system``, ``reference_strip`` and ``positions`` that ``stats`` were
+    collected with. With ``block_size >= n_layers``, or when only one layer is edited, this is the
     plain plan."""
     if block_size < 1:
         raise InvalidInputError(f"block_size must be >= 1, got {block_size}")
@@ -83,6 +86,8 @@ def sequential_plan(
                     batch_size=batch_size,
                     system=system,
                     reference_strip=reference_strip,
+                    positions=positions,
+                    prompt_positions=prompt_positions,
                     progress=False,
                 )
             finally:

@@ -146,6 +146,8 @@ def ablate(
         batch_size=config.statistics_batch_size(model.device),
         system=config.system_prompt,
         reference_strip=config.reference_strip,
+        positions=config.positions,
+        prompt_positions=config.prompt_positions,
         progress=progress,
     )
     timings["data and statistics"] = round(time.perf_counter() - started, 1)

@@ -152,6 +152,10 @@ class RunConfig:
     vectors: str = "layer"
     sequential: int = 0
     target_kl: tuple[float, ...] = ()
+    # where the statistics average: response (the paper's), prompt_end (the last prompt_positions
+    # prompt tokens; needs prompts that differ between the sets, e.g. probe "prompts"), or both
+    positions: str = "response"
+    prompt_positions: int = 4
 
     def __post_init__(self) -> None:
         """Bad settings are refused here, before any model is loaded."""
@@ -176,6 +180,7 @@ class RunConfig:
             raise InvalidInputError(f"n_gsm8k must be >= 0, got {self.n_gsm8k}")
         if self.selection not in SELECTIONS:
             raise InvalidInputError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        self.check_positions()
         self.check_protocol()
         self.statistics_batch_size("cpu")  # checks batch_size
 
@@ -222,6 +227,26 @@ class RunConfig:
         names = [load_attack_set(a, prompt_field=self.prompt_field, data_dir=self.data_dir).name for a in self.attacks]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"attack sets need distinct names; got {names}")
+
+    def check_positions(self) -> None:
+        """Where the statistics average, and whether the probe data can differ there."""
+        from s2e_lens.models.tokens import POSITIONS
+
+        if self.positions not in POSITIONS:
+            raise InvalidInputError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        if self.prompt_positions < 1:
+            raise InvalidInputError(f"prompt_positions must be >= 1, got {self.prompt_positions}")
+        if self.probe == "prompts" and self.positions != "prompt_end":
+            raise InvalidInputError(
+                "--probe prompts pairs harmful with harmless prompts and placeholder responses: use it "
+                "with --positions prompt_end (statistics over the last prompt tokens)"
+            )
+        if self.positions == "prompt_end" and (self.behaviour != "safety" or self.probe in ("teacher-forced", "own")):
+            raise InvalidInputError(
+                f"{self.behaviour}'s probe data ({self.probe}) put the same prompts on both sides, so their last "
+                "prompt positions do not differ: for safety use --probe prompts (harmful vs harmless prompts) "
+                "with --positions prompt_end, or --positions both"
+            )
 
     def check_probe(self) -> None:
         from s2e_lens.behaviours.custom import custom_jsonl

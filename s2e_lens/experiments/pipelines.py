@@ -14,7 +14,7 @@ import pandas as pd
 
 from s2e_lens.behaviours.base import get
 from s2e_lens.behaviours.custom import custom_jsonl
-from s2e_lens.behaviours.safety import generation_config_sampling, own_probe, read_prompt_list
+from s2e_lens.behaviours.safety import generation_config_sampling, own_probe, prompt_contrast, read_prompt_list
 from s2e_lens.core.contrastive import ContrastiveSet
 from s2e_lens.core.judges import load_judge
 from s2e_lens.core.plan import EditPlan
@@ -76,6 +76,8 @@ def run(
             batch_size=config.statistics_batch_size(model.device),
             system=config.system_prompt,
             reference_strip=config.reference_strip,
+            positions=config.positions,
+            prompt_positions=config.prompt_positions,
             progress=progress,
         )
     )
@@ -94,6 +96,8 @@ def run(
                 batch_size=config.statistics_batch_size(model.device),
                 system=config.system_prompt,
                 reference_strip=config.reference_strip,
+                positions=config.positions,
+                prompt_positions=config.prompt_positions,
                 progress=False,
             )
 
@@ -208,6 +212,8 @@ def probe_data(config: RunConfig, model: LoadedModel) -> ContrastiveSet:
     labelled JSONL."""
     if config.behaviour != "safety" or config.probe == "teacher-forced":
         return get(config.behaviour).build(model=model, data_dir=config.data_dir, part="tune")
+    if config.probe == "prompts":
+        return prompt_contrast("tune")
     if config.probe != "own":
         return custom_jsonl(config.probe)
     temperature, top_p = generation_config_sampling(model)

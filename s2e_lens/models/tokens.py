@@ -99,6 +99,9 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right
 # --------------------------------------------------------------- contrastive samples
 
 
+POSITIONS = ("response", "prompt_end", "both")  # where statistics average (EncodedSample.window)
+
+
 @dataclass(frozen=True)
 class EncodedSample:
     """One (prompt, response) pair as token ids; ``start`` = length of the rendered prompt."""
@@ -113,6 +116,27 @@ class EncodedSample:
     @property
     def n_response(self) -> int:
         return self.end - self.start
+
+    def window(self, positions: str = "response", prompt_positions: int = 4) -> tuple[int, int]:
+        """The positions ``[lo, hi)`` a statistic averages over: ``response`` = the
+        response-predicting positions ``[start - 1, end - 1)``; ``prompt_end`` = the last
+        ``prompt_positions`` tokens of the rendered prompt ``[start - n, start)``, where a
+        model decides before its first response token (e.g. to refuse); ``both`` = their union.
+
+        >>> s = EncodedSample((1, 2, 3, 4, 5, 6), start=4)
+        >>> s.window(), s.window("prompt_end", 2), s.window("both", 2), s.window("prompt_end", 9)
+        ((3, 5), (2, 4), (2, 5), (0, 4))
+        """
+        if positions not in POSITIONS:
+            raise InvalidInputError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+        if prompt_positions < 1:
+            raise InvalidInputError(f"prompt_positions must be >= 1, got {prompt_positions}")
+        prompt_lo = max(0, self.start - prompt_positions)
+        if positions == "response":
+            return self.start - 1, self.end - 1
+        if positions == "prompt_end":
+            return prompt_lo, self.start
+        return prompt_lo, self.end - 1
 
 
 def encode_pairs(
@@ -188,9 +212,16 @@ class Batch:
 
 
 def make_batches(
-    samples: Sequence[EncodedSample], batch_size: int, pad_id: int, *, padding_side: Literal["left", "right"] = "right"
+    samples: Sequence[EncodedSample],
+    batch_size: int,
+    pad_id: int,
+    *,
+    padding_side: Literal["left", "right"] = "right",
+    positions: str = "response",
+    prompt_positions: int = 4,
 ) -> list[Batch]:
-    """Group samples (in order) into padded batches."""
+    """Group samples (in order) into padded batches; each sample's :meth:`EncodedSample.window`
+    gets weights that average over it."""
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
     batches = []
@@ -199,6 +230,7 @@ def make_batches(
         padded = pad([s.ids for s in chunk], pad_id, padding_side)
         weights = torch.zeros(padded.input_ids.shape, dtype=torch.float32)
         for row, (s, off) in enumerate(zip(chunk, padded.offsets, strict=True)):
-            weights[row, off + s.start - 1 : off + s.end - 1] = 1.0 / s.n_response
+            lo, hi = s.window(positions, prompt_positions)
+            weights[row, off + lo : off + hi] = 1.0 / (hi - lo)
         batches.append(Batch(padded.input_ids, padded.attention_mask, padded.position_ids, weights))
     return batches
