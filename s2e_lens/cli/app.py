@@ -65,6 +65,14 @@ ModelOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="KEY=VALUE: any run setting (repeatable; a RunConfig field, typed and checked), e.g. "
+        "--set prompt_positions=8 --set rho_attn=0.1:0.3:0.05. It overrides the options above.",
+    ),
+]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace existing output files or a non-empty output directory.")
 ]

@@ -32,6 +32,7 @@ from s2e_lens.cli.app import (
     ReferenceStripOpt,
     SamplesOpt,
     SelectionOpt,
+    SetOpt,
     SystemPromptOpt,
     TemperatureOpt,
     TopPOpt,
@@ -41,7 +42,7 @@ from s2e_lens.cli.app import (
     placement,
 )
 from s2e_lens.errors import InvalidInputError
-from s2e_lens.experiments.config import RunConfig
+from s2e_lens.experiments.config import RunConfig, config_overrides
 from s2e_lens.io.files import check_output
 from s2e_lens.models.registry import DEFAULT_MODEL
 
@@ -58,6 +59,11 @@ def _given(**values: Any) -> dict[str, Any]:
     """The options the user gave (not None), as RunConfig fields: RunConfig checks them before
     any model loads, and a preset or protocol keeps its own choice for the rest."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _merged(sets: list[str] | None, **fields: Any) -> dict[str, Any]:
+    """RunConfig fields from the command's options, then ``--set KEY=VALUE`` on top."""
+    return {**fields, **config_overrides(sets or [])}
 
 
 def _speed(speed: dict[str, float]) -> str:
@@ -141,6 +147,7 @@ def sweep_cmd(
     data_dir: DataDirOpt = None,
     answer_check: AnswerCheckOpt = True,
     max_degenerate: MaxDegenerateOpt = DEFAULTS.max_degenerate,
+    set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -155,49 +162,52 @@ def sweep_cmd(
     from s2e_lens.experiments.pipelines import run
 
     config = RunConfig(
-        model=model_name,
-        behaviour=behaviour,
-        gammas=_floats(gammas, "--gammas"),
-        rho_attn=_floats(rho_attn, "--rho-attn"),
-        rho_mlp=_floats(rho_mlp, "--rho-mlp"),
-        alpha=_floats(alpha, "--alpha"),
-        keep_edits=keep,
-        max_kl=max_kl,
-        n_eval=n_eval,
-        n_mc=n_mc,
-        data_dir=data_dir,
-        check_answers=answer_check,
-        max_degenerate=max_degenerate,
-        system_prompt=system_prompt,
-        reference_strip=reference_strip,
-        **_given(
-            dtype=dtype,
-            device=device,
-            device_map=device_map,
-            samples=samples,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            judge=judge,
-            attacks=tuple(attack) if attack else None,
-            prompt_field=prompt_field,
-            probe=probe,
-            probe_prompts=probe_prompts,
-            benign_prompts=benign_prompts,
-            utility=utility,
-            n_gsm8k=gsm8k,
-            selection=selection,
-            direction=direction,
-            importance=importance,
-            edit_selection=edit_selection,
-            top_k=top_k,
-            magnitude=magnitude,
-            vectors=vectors,
-            sequential=sequential,
-            target_kl=_floats(target_kl, "--target-kl") if target_kl is not None else None,
-            positions=positions,
-            prompt_positions=prompt_positions,
-        ),
+        **_merged(
+            set_,
+            model=model_name,
+            behaviour=behaviour,
+            gammas=_floats(gammas, "--gammas"),
+            rho_attn=_floats(rho_attn, "--rho-attn"),
+            rho_mlp=_floats(rho_mlp, "--rho-mlp"),
+            alpha=_floats(alpha, "--alpha"),
+            keep_edits=keep,
+            max_kl=max_kl,
+            n_eval=n_eval,
+            n_mc=n_mc,
+            data_dir=data_dir,
+            check_answers=answer_check,
+            max_degenerate=max_degenerate,
+            system_prompt=system_prompt,
+            reference_strip=reference_strip,
+            **_given(
+                dtype=dtype,
+                device=device,
+                device_map=device_map,
+                samples=samples,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                judge=judge,
+                attacks=tuple(attack) if attack else None,
+                prompt_field=prompt_field,
+                probe=probe,
+                probe_prompts=probe_prompts,
+                benign_prompts=benign_prompts,
+                utility=utility,
+                n_gsm8k=gsm8k,
+                selection=selection,
+                direction=direction,
+                importance=importance,
+                edit_selection=edit_selection,
+                top_k=top_k,
+                magnitude=magnitude,
+                vectors=vectors,
+                sequential=sequential,
+                target_kl=_floats(target_kl, "--target-kl") if target_kl is not None else None,
+                positions=positions,
+                prompt_positions=prompt_positions,
+            ),
+        )
     )
     check_data_dir(data_dir)
     check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
@@ -280,6 +290,7 @@ def run_cmd(
     data_dir: DataDirOpt = None,
     answer_check: AnswerCheckOpt = True,
     max_degenerate: MaxDegenerateOpt = DEFAULTS.max_degenerate,
+    set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -296,31 +307,34 @@ def run_cmd(
         behaviour,
         preset,
         protocol=protocol,
-        model=model_name,
-        data_dir=data_dir,
-        check_answers=answer_check,
-        max_degenerate=max_degenerate,
-        system_prompt=system_prompt,
-        reference_strip=reference_strip,
-        **_given(
-            dtype=dtype,
-            device=device,
-            device_map=device_map,
-            samples=samples,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            judge=judge,
-            attacks=tuple(attack) if attack else None,
-            prompt_field=prompt_field,
-            probe=probe,
-            probe_prompts=probe_prompts,
-            benign_prompts=benign_prompts,
-            utility=utility,
-            n_gsm8k=gsm8k,
-            n_eval=n_eval,
-            n_mc=n_mc,
-            selection=selection,
+        **_merged(
+            set_,
+            model=model_name,
+            data_dir=data_dir,
+            check_answers=answer_check,
+            max_degenerate=max_degenerate,
+            system_prompt=system_prompt,
+            reference_strip=reference_strip,
+            **_given(
+                dtype=dtype,
+                device=device,
+                device_map=device_map,
+                samples=samples,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                judge=judge,
+                attacks=tuple(attack) if attack else None,
+                prompt_field=prompt_field,
+                probe=probe,
+                probe_prompts=probe_prompts,
+                benign_prompts=benign_prompts,
+                utility=utility,
+                n_gsm8k=gsm8k,
+                n_eval=n_eval,
+                n_mc=n_mc,
+                selection=selection,
+            ),
         ),
     )
     check_data_dir(data_dir)
@@ -496,14 +510,7 @@ def ablate_cmd(
             "and ours: relative, component, sequential."
         ),
     ] = "full,k=mu,k=svd,g=dot,top-K (l0),l2 (alpha=0)",
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="KEY=VALUE: any run setting (repeatable), e.g. --set n_eval=16 --set attacks=advllm "
-            "--set selection=heldout --set rho_attn=0.1:0.3:0.05.",
-        ),
-    ] = None,
+    set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory.")] = "runs/ablation",
     overwrite: OverwriteOpt = False,
@@ -518,7 +525,6 @@ def ablate_cmd(
     Example: s2e ablate safety --set selection=heldout --out runs/ablation-smollm2
     """
     from s2e_lens.experiments.ablation import VARIANTS, ablate
-    from s2e_lens.experiments.config import config_overrides
 
     names = tuple(v.strip() for v in variants.split(",") if v.strip())
     unknown = [v for v in names if v not in VARIANTS]
