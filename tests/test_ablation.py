@@ -58,6 +58,7 @@ def test_ablate_builds_its_table_from_the_evaluated_rows(tiny_dirs: dict[str, Pa
         assert row["score_low"] <= row["score"] <= row["score_high"]
     md = (out / "ablation.md").read_text()
     assert "| full |" in md and "The paper's order: full > k=svd > k=mu" in md
+    assert "At matched utility: ahead of steering with a 95% interval above 0:" in md
 
 
 @pytest.mark.parametrize(

@@ -115,8 +115,20 @@ class Ablation:
                 f"{r['score']:.3f} [{r['score_low']:.3f}, {r['score_high']:.3f}] | {paper} | "
                 f"{gap(r, 'gap')} | {gap(r, 'kl_gap')} |"
             )
-        order = [v for v in self.table.sort_values("score", ascending=False)["variant"] if v in PAPER_SCORES]
-        lines += ["", f"Observed order (paper's variants): {' > '.join(order)}."]
+        lines.append("")
+        for key, what in (("gap", "matched utility"), ("kl_gap", "matched KL")):
+            if f"{key}_low" not in self.table:
+                continue
+            ahead = [str(r["variant"]) for _, r in self.table.iterrows() if r[f"{key}_low"] > 0]
+            behind = [str(r["variant"]) for _, r in self.table.iterrows() if r[f"{key}_high"] < 0]
+            lines.append(
+                f"At {what}: ahead of steering with a 95% interval above 0: {', '.join(ahead) or 'none'}; "
+                f"behind it with an interval below 0: {', '.join(behind) or 'none'}; the rest cannot be told apart."
+            )
+            lines.append("")
+        scored = self.table.dropna(subset=["score"]).sort_values("score", ascending=False)
+        order = [v for v in scored["variant"] if v in PAPER_SCORES]
+        lines += [f"Observed order (paper's variants): {' > '.join(order)}."]
         lines.append(f"The paper's order: {' > '.join(PAPER_VARIANTS)}.")
         return "\n".join(lines) + "\n"
 
