@@ -75,3 +75,21 @@ def test_bad_ablation_options_are_refused_before_any_model_work(extra: list[str]
     result = runner.invoke(app, ["ablate", "safety", "--model", "/no/such/model", "--out", str(out), *extra])
     assert result.exit_code == 2, result.output
     assert message in result.output and not out.exists()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
+def test_a_calibrated_ablation_meets_steering_at_the_same_kl(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """With target_kl every variant's edit and steering are calibrated to the same KL targets."""
+    out = tmp_path / "cal"
+    sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "rho_attn=0.3", "rho_mlp=0.3", "alpha=0.5",
+            "keep_edits=4", "max_kl=100", "check_answers=false", "max_degenerate=1", "target_kl=0.02"]  # fmt: skip
+    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--variants", "full,relative", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    results = pd.read_json(out / "results.json")
+    calibrated = results[results["kind"].isin(["edit", "steer"])]
+    assert set(calibrated["variant"]) == {"steering", "full", "relative"}
+    assert ((calibrated["kl"] - 0.02).abs() <= 0.05 * 0.02 + 1e-9).all(), calibrated[["label", "kl"]]

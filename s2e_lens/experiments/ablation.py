@@ -165,11 +165,11 @@ def ablate(
     timings["data and statistics"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     baseline = pipelines.run(
-        dataclasses.replace(config, rho_attn=(0.0,), rho_mlp=(0.0,), target_kl=(), baselines=False),
+        dataclasses.replace(config, rho_attn=(0.0,), rho_mlp=(0.0,), baselines=False),
         model=model,
         progress=progress,
         prepared=(data, stats),
-    )  # the unedited model and steering (no edit candidates on an all-off grid)
+    )  # the unedited model and steering (calibrated too with target_kl; no edits on an all-off grid)
     timings["steering"] = round(time.perf_counter() - started, 1)
     frames = [baseline.results.assign(variant="steering")]
     items: dict[str, dict[str, Any]] = dict(baseline.items)

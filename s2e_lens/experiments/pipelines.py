@@ -182,13 +182,14 @@ def calibrated(
     log: list[dict[str, Any]],
 ) -> tuple[list[interventions.Intervention], list[interventions.Intervention]]:
     """Edits and steering calibrated to each of ``config.target_kl``: one edit per alpha (its
-    budgets scaled from the first rho_attn / rho_mlp) and one steering strength per target.
-    A target an intervention cannot reach is left out and recorded in ``log``, as is every
-    search."""
+    budgets scaled from the first rho_attn / rho_mlp; none when both are off) and one steering
+    strength per target (none when ``config.gammas`` is empty). A target an intervention cannot
+    reach is left out and recorded in ``log``, as is every search."""
+    edits_on = config.rho_attn[0] > 0 or config.rho_mlp[0] > 0
     base = interventions.grid(config.rho_attn[:1], config.rho_mlp[:1], config.alpha, **config.edit_variant())
     edits, steering = [], []
     for target in config.target_kl:
-        for s in base:
+        for s in base if edits_on else []:
             try:
                 found = calibrate_plan(model, stats, s, reference, target, planner=planner)
             except CalibrationError as err:
@@ -196,6 +197,8 @@ def calibrated(
                 continue
             log.append({"kind": "edit", **found.to_dict()})
             edits.append(found.intervention)
+        if not config.gammas:
+            continue
         try:
             steer = calibrate_steering(model, vectors, reference, target)
         except CalibrationError as err:
