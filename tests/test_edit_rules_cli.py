@@ -73,3 +73,29 @@ def test_set_reaches_every_run_setting_and_is_checked(command: str, tmp_path: Pa
     assert over.exit_code == 2 and "max_new_tokens must be >= 1" in over.output
     unknown = runner.invoke(app, [*base, "--set", "no_such_field=1"])
     assert unknown.exit_code == 2 and "KEY a run setting" in unknown.output
+
+
+def test_s2e_edit_takes_the_rules(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from s2e_lens.core.plan import EditPlan
+
+    model = str(tiny_dirs["llama"])
+    assert runner.invoke(app, ["extract", "safety", "--model", model, "--out", str(tmp_path / "x")]).exit_code == 0
+    stats = str(tmp_path / "x" / "statistics.safetensors")
+    args = ["edit", stats, "--model", model, "--rho-attn", "0.05", "--rho-mlp", "0.05", "--alpha", "0.1",
+            "--magnitude", "relative", "--vectors", "component", "--layers", "1",
+            "--out", str(tmp_path / "plan")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plan = EditPlan.load(tmp_path / "plan")
+    s = plan.settings
+    assert (s.magnitude, s.vectors, s.layers) == ("relative", "component", (1,))
+    assert plan.edited_heads[1].any() and not plan.edited_heads[0].any() and not plan.edited_neurons[0].any()
+    for extra, message in (
+        (["--layers", "one"], "--layers takes layer indices"),
+        (["--layers", "9"], "out of range: the model has 2 layers"),
+        (["--vectors", "heads"], "vectors must be layer or component"),
+    ):
+        bad = runner.invoke(app, ["edit", stats, "--model", model, *extra])
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+    again = runner.invoke(app, ["edit", str(tmp_path / "plan.safetensors"), "--model", model, "--magnitude", "paper"])
+    assert again.exit_code == 2 and "--magnitude apply only when computing a plan" in again.output

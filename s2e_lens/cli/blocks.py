@@ -168,6 +168,15 @@ def edit_cmd(
     alpha: Annotated[
         float | None, typer.Option(help="l1 share in [0, 1). Default: EditSettings().alpha (0.5).")
     ] = None,
+    direction: Annotated[str | None, typer.Option(help="k: gradient (the paper's), mu or svd.")] = None,
+    importance: Annotated[str | None, typer.Option(help="g: cosine (the paper's) or dot.")] = None,
+    magnitude: Annotated[
+        str | None, typer.Option(help="lambda: paper, or relative (in units of each component's own variation).")
+    ] = None,
+    vectors: Annotated[
+        str | None, typer.Option(help="Directions: layer (the paper's) or component (each head's and neuron's own).")
+    ] = None,
+    layers: Annotated[str | None, typer.Option(help="Edit only these layers, comma-separated (e.g. 8,9,10).")] = None,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Where to save the computed plan (a file name).")
     ] = None,
@@ -202,7 +211,17 @@ def edit_cmd(
         raise InvalidInputError(f"{source} holds {kind!r}; give statistics (from s2e extract) or an edit plan")
     given = {
         k: v
-        for k, v in {"--rho-attn": rho_attn, "--rho-mlp": rho_mlp, "--alpha": alpha, "--out": out}.items()
+        for k, v in {
+            "--rho-attn": rho_attn,
+            "--rho-mlp": rho_mlp,
+            "--alpha": alpha,
+            "--direction": direction,
+            "--importance": importance,
+            "--magnitude": magnitude,
+            "--vectors": vectors,
+            "--layers": layers,
+            "--out": out,
+        }.items()
         if v is not None
     }
     if kind == "edit_plan" and given:
@@ -212,10 +231,20 @@ def edit_cmd(
         )
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     defaults = EditSettings()  # the one source of the budgets' defaults
+    rule: dict[str, Any] = {"direction": direction, "importance": importance, "magnitude": magnitude}
+    rule["vectors"] = vectors
+    if layers is not None:
+        try:
+            rule["layers"] = tuple(int(x) for x in layers.split(",") if x.strip())
+        except ValueError:
+            raise InvalidInputError(
+                f"--layers takes layer indices, comma-separated (e.g. 8,9,10), got {layers!r}"
+            ) from None
     edit_settings = EditSettings(
         rho_attn=defaults.rho_attn if rho_attn is None else rho_attn,
         rho_mlp=defaults.rho_mlp if rho_mlp is None else rho_mlp,
         alpha=defaults.alpha if alpha is None else alpha,
+        **{k: v for k, v in rule.items() if v is not None},
     )
     if out:
         check_save_target(out, overwrite=overwrite, inputs=(source,))
