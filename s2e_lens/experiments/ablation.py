@@ -152,16 +152,7 @@ def ablate(
     data = pipelines.probe_data(config, model)
     from s2e_lens.engine.extraction import collect_statistics
 
-    stats = collect_statistics(
-        model,
-        data,
-        batch_size=config.statistics_batch_size(model.device),
-        system=config.system_prompt,
-        reference_strip=config.reference_strip,
-        positions=config.positions,
-        prompt_positions=config.prompt_positions,
-        progress=progress,
-    )
+    stats = collect_statistics(model, data, **config.statistics_options(model.device), progress=progress)
     timings["data and statistics"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     baseline = pipelines.run(

@@ -275,6 +275,16 @@ class RunConfig:
 
         return resolve(self.batch_size, torch.device(device), STATISTICS_BATCH_SIZE)  # type: ignore[arg-type]
 
+    def statistics_options(self, device: str | torch.device) -> dict[str, Any]:
+        """``collect_statistics``' (and ``sequential_plan``'s) keywords for this run's probe data."""
+        return {
+            "batch_size": self.statistics_batch_size(device),
+            "system": self.system_prompt,
+            "reference_strip": self.reference_strip,
+            "positions": self.positions,
+            "prompt_positions": self.prompt_positions,
+        }
+
     def placement(self) -> dict[str, Any]:
         """``load_model``'s dtype, device and device_map keywords for this run."""
         from s2e_lens.models.loading import placement_from_text

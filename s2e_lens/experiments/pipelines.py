@@ -70,16 +70,7 @@ def run(
     stats = (
         prepared[1]
         if prepared is not None
-        else collect_statistics(
-            model,
-            data,
-            batch_size=config.statistics_batch_size(model.device),
-            system=config.system_prompt,
-            reference_strip=config.reference_strip,
-            positions=config.positions,
-            prompt_positions=config.prompt_positions,
-            progress=progress,
-        )
+        else collect_statistics(model, data, **config.statistics_options(model.device), progress=progress)
     )
     vectors = SteeringVectors.from_statistics(stats)
     lap("statistics")
@@ -93,11 +84,7 @@ def run(
                 stats,
                 s,
                 block_size=config.sequential,
-                batch_size=config.statistics_batch_size(model.device),
-                system=config.system_prompt,
-                reference_strip=config.reference_strip,
-                positions=config.positions,
-                prompt_positions=config.prompt_positions,
+                **config.statistics_options(model.device),
                 progress=False,
             )
 

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from markupsafe import Markup
 
 from s2e_lens.behaviours.base import get, names
-from s2e_lens.core.comparison import compare, degenerate_rows
+from s2e_lens.core.comparison import GapEstimate, compare, degenerate_rows
 from s2e_lens.core.judges import judge_summary
 from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.run import Run
@@ -158,12 +158,10 @@ def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
         )
     estimate = run.frontier_gap()
     if estimate is not None:
-        g, iv = estimate.gap, estimate.interval
+        g = estimate.gap
         lines.append(
-            f"Frontiers compared over the utility range both reach ({g.low:.3f} to {g.high:.3f}): Steer2Edit's "
-            f"attribute minus steering's, mean **{g.mean:+.3f}** (95% paired bootstrap interval "
-            f"{iv.low:+.3f} to {iv.high:+.3f}; largest difference {g.largest:+.3f} at utility {g.at:.3f}): "
-            f"**{estimate.verdict()}**."
+            f"Frontiers compared over the utility range both reach ({g.low:.3f} to {g.high:.3f}): "
+            + _gap_words(estimate, f"at utility {g.at:.3f}")
         )
     elif run.items:
         lines.append("The two frontiers share no utility range on this run: no matched comparison can be made.")
@@ -191,12 +189,10 @@ def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
         )
     kl_estimate = run.kl_gap()
     if kl_estimate is not None:
-        g, iv = kl_estimate.gap, kl_estimate.interval
+        g = kl_estimate.gap
         lines.append(
             f"Matched instead on closeness to the unedited model (KL on benign text, {-g.high:.3f} to "
-            f"{-g.low:.3f} nats per token, reached by both): Steer2Edit's attribute minus steering's, mean "
-            f"**{g.mean:+.3f}** (95% paired bootstrap interval {iv.low:+.3f} to {iv.high:+.3f}; largest "
-            f"difference {g.largest:+.3f} at KL {-g.at:.3f}): **{kl_estimate.verdict()}**."
+            f"{-g.low:.3f} nats per token, reached by both): " + _gap_words(kl_estimate, f"at KL {-g.at:.3f}")
         )
     elif any("kl" in scores for scores in run.items.values()):
         lines.append("The two frontiers share no range of KL to the unedited model: no KL-matched comparison.")
@@ -304,3 +300,13 @@ def _matched(run: Run) -> pd.DataFrame:
 
 def _settings(run: Run) -> pd.DataFrame:
     return pd.DataFrame([(k, str(run.config[k])) for k in SETTINGS if k in run.config], columns=["setting", "value"])
+
+
+def _gap_words(estimate: GapEstimate, where_largest: str) -> str:
+    """A frontier gap in words: its mean, paired interval, largest difference and verdict."""
+    g, iv = estimate.gap, estimate.interval
+    return (
+        f"Steer2Edit's attribute minus steering's, mean **{g.mean:+.3f}** (95% paired bootstrap interval "
+        f"{iv.low:+.3f} to {iv.high:+.3f}; largest difference {g.largest:+.3f} {where_largest}): "
+        f"**{estimate.verdict()}**."
+    )
