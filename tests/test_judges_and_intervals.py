@@ -182,6 +182,12 @@ def test_frontier_gap_by_hand() -> None:
     assert gap.mean == pytest.approx(0.075) and gap.largest == pytest.approx(0.15) and gap.at == pytest.approx(0.6)
     # no shared utility range: no comparison
     assert comparison.frontier_gap([P(0.9, 0.1), P(0.8, 0.2)], [P(0.5, 0.5), P(0.4, 0.9)]) is None
+    # the grid's last point is the shared range's end exactly: 0 + (25/30 - 0) * 100 / 100 rounds
+    # just past 25/30, which once read as nan and turned a run's whole interval into nan
+    end = 25 / 30
+    assert 0.0 + (end - 0.0) * 100 / 100 > end
+    gap = comparison.frontier_gap([P(0.5, 0.0), P(0.1, end)], [P(0.6, 0.0), P(0.2, end)], n_grid=101)
+    assert gap is not None and gap.mean == pytest.approx(0.1) and gap.high == end
 
 
 def _table(rows: list[tuple[str, str, list[float], list[float]]]) -> tuple[pd.DataFrame, dict]:

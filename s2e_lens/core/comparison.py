@@ -136,7 +136,8 @@ def frontier_gap(steering: Sequence[Point], edits: Sequence[Point], n_grid: int 
     high = min(fs[-1].utility, fe[-1].utility)
     if low > high:
         return None
-    grid = [low] if high == low else [low + (high - low) * i / (n_grid - 1) for i in range(n_grid)]
+    # both ends exactly (a rounded end just past a frontier's last point would read as nan)
+    grid = [low] if high == low else [low + (high - low) * i / (n_grid - 1) for i in range(n_grid - 1)] + [high]
     diffs = [frontier_attribute(fe, u) - frontier_attribute(fs, u) for u in grid]
     k = max(range(len(diffs)), key=lambda i: abs(diffs[i]))
     return FrontierGap(low, high, sum(diffs) / len(diffs), diffs[k], grid[k])
