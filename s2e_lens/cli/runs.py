@@ -506,8 +506,8 @@ def ablate_cmd(
     variants: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: the paper's full, k=mu, k=svd, g=dot, top-K (l0), l2 (alpha=0) (the default), "
-            "and ours: relative, component, sequential."
+            help="Comma-separated: the paper's full, k=mu, k=svd, g=dot, top-K (l0), l2 (alpha=0) (the default; "
+            "aliases mu, svd, dot, l0, l2), and ours: relative, component, sequential."
         ),
     ] = "full,k=mu,k=svd,g=dot,top-K (l0),l2 (alpha=0)",
     set_: SetOpt = None,
@@ -524,12 +524,9 @@ def ablate_cmd(
 
     Example: s2e ablate safety --set selection=heldout --out runs/ablation-smollm2
     """
-    from s2e_lens.experiments.ablation import VARIANTS, ablate
+    from s2e_lens.experiments.ablation import ablate, variant_names
 
-    names = tuple(v.strip() for v in variants.split(",") if v.strip())
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown or not names:
-        raise InvalidInputError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    names = variant_names(variants)
     overrides = config_overrides(set_ or [])
     config = RunConfig.preset(behaviour, preset, protocol=protocol, model=model_name, data_dir=data_dir, **overrides)
     check_data_dir(data_dir)

@@ -53,6 +53,31 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sequential": {"sequential": 4},
 }
 PAPER_VARIANTS = tuple(PAPER_SCORES)
+ALIASES = {
+    "mu": "k=mu",
+    "svd": "k=svd",
+    "dot": "g=dot",
+    "l0": "top-K (l0)",
+    "top-k": "top-K (l0)",
+    "l2": "l2 (alpha=0)",
+}
+
+
+def variant_names(text: str) -> tuple[str, ...]:
+    """Variant names from comma-separated text; short aliases (mu, svd, dot, l0, l2) allowed.
+
+    >>> variant_names("full, l0,l2,relative")
+    ('full', 'top-K (l0)', 'l2 (alpha=0)', 'relative')
+    """
+    names = tuple(ALIASES.get(v.strip().lower(), v.strip()) for v in text.split(",") if v.strip())
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise InvalidInputError(
+            f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)} (aliases: {', '.join(ALIASES)})"
+        )
+    return names
+
+
 TOP_K = 20  # components per block type for the l0 variant when the run sets none
 
 
