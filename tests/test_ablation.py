@@ -93,3 +93,19 @@ def test_a_calibrated_ablation_meets_steering_at_the_same_kl(tiny_dirs: dict[str
     calibrated = results[results["kind"].isin(["edit", "steer"])]
     assert set(calibrated["variant"]) == {"steering", "full", "relative"}
     assert ((calibrated["kl"] - 0.02).abs() <= 0.05 * 0.02 + 1e-9).all(), calibrated[["label", "kl"]]
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
+def test_a_variant_whose_candidates_all_fail_the_screen(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Held-out selection with nothing kept (seen with g=dot on SmolLM2): the variant gets an
+    empty row in the table, and the ablation goes on."""
+    out = tmp_path / "none"
+    sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "gammas=1", "rho_attn=0.3", "rho_mlp=0", "alpha=0.5",
+            "keep_edits=2", "max_kl=1e-12", "check_answers=false", "max_degenerate=1", "selection=heldout"]  # fmt: skip
+    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--variants", "full,dot", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
+    assert table["g=dot"]["n_evaluated"] == 0 and table["g=dot"]["best"] is None
+    assert "| g=dot | none: no candidate passed the KL screen |" in (out / "ablation.md").read_text()

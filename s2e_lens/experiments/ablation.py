@@ -133,7 +133,8 @@ class Ablation:
         for _, r in self.table.iterrows():
             paper = f"{PAPER_SCORES[r['variant']]:.3f}" if r["variant"] in PAPER_SCORES else "-"
             if pd.isna(r["score"]):
-                lines.append(f"| {r['variant']} | none (no sane edit) | | | | {paper} | | |")
+                why = "none: no candidate passed the KL screen" if not r["n_evaluated"] else "none sane"
+                lines.append(f"| {r['variant']} | {why} | | | | {paper} | | |")
                 continue
             lines.append(
                 f"| {r['variant']} | {r['best']} | {r['attribute']:.3f} | {r['utility']:.3f} | "

@@ -84,7 +84,8 @@ def run(
         rows.append({**row, "seconds": round(time.perf_counter() - started, 1)})
         if records is not None:
             records[item.label] = {"items": items, "generations": generations}
-    return pd.DataFrame(rows)
+    # nothing to measure (e.g. every candidate failed the screen): an empty table, same columns
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["kind", "label", "attribute", "utility", "seconds"])
 
 
 def paper_selection(
