@@ -56,6 +56,11 @@ def test_ablate_builds_its_table_from_the_evaluated_rows(tiny_dirs: dict[str, Pa
         assert row["best"] == by_hand.label and row["best"].startswith(f"[{name}] ")
         assert row["score"] == pytest.approx(by_hand.attribute * by_hand.utility, abs=1e-9)
         assert row["score_low"] <= row["score"] <= row["score_high"]
+    # every evaluated text is kept with both judges' verdicts, under the table's labels
+    gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    attack = [g for g in gens if "judges" in g]  # refusal sets (utility generations carry no judges)
+    assert {g["label"] for g in attack} == set(results["label"])
+    assert all(set(g["judges"]) == {"paper", "strict"} for g in attack)
     md = (out / "ablation.md").read_text()
     assert "| full |" in md and "The paper's order: full > k=svd > k=mu" in md
     assert "At matched utility: ahead of steering with a 95% interval above 0:" in md

@@ -102,10 +102,12 @@ class Ablation:
     items: dict[str, dict[str, Any]]
     table: pd.DataFrame  # one row per variant
     timings: dict[str, float] = field(default_factory=dict)
+    generations: list[dict[str, Any]] = field(default_factory=list)  # every evaluated generation, judged
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
-        """ablation.csv/json (the table), results.csv/json, items.json, config.json and
-        ablation.md, written as one output."""
+        """ablation.csv/json (the table), results.csv/json, items.json, generations.jsonl (each
+        judge's verdict on every evaluated text, for re-scoring), config.json and ablation.md,
+        written as one output."""
         import json
 
         out = Path(out)
@@ -113,6 +115,7 @@ class Ablation:
             save_table(self.table, scratch / "ablation")
             save_table(self.results, scratch / "results")
             (scratch / "items.json").write_text(json.dumps(self.items))
+            (scratch / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in self.generations))
             (scratch / "config.json").write_text(json.dumps({**self.config, "timings_s": self.timings}, indent=1))
             (scratch / "ablation.md").write_text(self.markdown())
         return out
@@ -190,6 +193,7 @@ def ablate(
     timings["steering"] = round(time.perf_counter() - started, 1)
     frames = [baseline.results.assign(variant="steering")]
     items: dict[str, dict[str, Any]] = dict(baseline.items)
+    generations = [{**g, "variant": "steering"} for g in baseline.generations]
     for name in tqdm(variants, desc="ablation", disable=not progress):
         started = time.perf_counter()
         part = pipelines.run(
@@ -198,6 +202,7 @@ def ablate(
         rename = {label: f"[{name}] {label}" for label in part.results["label"]}
         frames.append(part.results.assign(variant=name, label=part.results["label"].map(rename)))
         items.update({rename[label]: scores for label, scores in part.items.items()})
+        generations += [{**g, "label": rename.get(g["label"], g["label"]), "variant": name} for g in part.generations]
         timings[name] = round(time.perf_counter() - started, 1)
     results = pd.concat(frames, ignore_index=True)
     table = pd.DataFrame([_row(name, results, items) for name in variants])
@@ -207,6 +212,7 @@ def ablate(
         items=items,
         table=table,
         timings=timings,
+        generations=generations,
     )
 
 
