@@ -85,3 +85,32 @@ def test_sequential_layer_uses_its_input_in_the_edited_model(tiny_dirs: dict[str
     # the edit moved layer 1's input, so the sequential plan differs from the plain one there
     assert not torch.allclose(after_first.mu_z[1], stats.mu_z[1])
     assert plan.provenance["sequential"] == {"block_size": 1, "statistics_passes": 2}
+
+
+def test_sequential_with_component_vectors_writes_every_edited_neuron(tiny_dirs: dict[str, Path]) -> None:
+    """Component-level plans keep sparse neuron directions for the neurons they edit; a
+    sequential plan gathers them from its parts (EditPlan refuses directions that do not cover
+    its edited neurons exactly). A neuron's component direction and share come from the
+    unedited model's contrast, so here the edited neurons are the plain plan's."""
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    data = tiny_set(5)
+    stats = collect_statistics(model, data, progress=False)
+    settings = replace(SETTINGS, vectors="component", rho_mlp=0.02)
+    one_block = sequential_plan(model, data, stats, settings, block_size=2, progress=False)
+    plain = compute_plan(model, stats, settings)
+    _equal(one_block, plain, FIELDS + ("head_u", "neuron_u", "neuron_u_index"))
+    plan = sequential_plan(model, data, stats, settings, block_size=1, progress=False)
+    edited = plan.edited_neurons
+    assert edited[0].any() and edited[1].any()
+    assert not torch.allclose(plan.mu_post[1], plain.mu_post[1])  # layer 1 was planned on the edited model
+    rows = plan.delta_W_out().abs().sum(-1) > 0  # every edited neuron is written, nothing else
+    assert torch.equal(rows, edited)
+
+
+def test_neuron_directions_must_cover_the_edited_neurons(tiny_dirs: dict[str, Path]) -> None:
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    plan = compute_plan(model, collect_statistics(model, tiny_set(5), progress=False),
+                        replace(SETTINGS, vectors="component", rho_mlp=0.02))  # fmt: skip
+    assert plan.neuron_u_index is not None and plan.neuron_u is not None and len(plan.neuron_u_index) > 1
+    with pytest.raises(PlanError, match="cover exactly its edited neurons"):
+        replace(plan, neuron_u_index=plan.neuron_u_index[1:], neuron_u=plan.neuron_u[1:])

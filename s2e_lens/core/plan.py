@@ -82,6 +82,11 @@ class EditPlan:
             self.neuron_u_index = self.neuron_u_index.detach().to(device="cpu", dtype=torch.long)
         if (self.neuron_u is None) != (self.neuron_u_index is None):
             raise PlanError("neuron_u and neuron_u_index come together")
+        if self.neuron_u_index is not None:  # a neuron without its direction would be silently unedited
+            covered = torch.zeros_like(self.edited_neurons)
+            covered[self.neuron_u_index[:, 0], self.neuron_u_index[:, 1]] = True
+            if not torch.equal(covered, self.edited_neurons) or len(self.neuron_u_index) != int(covered.sum()):
+                raise PlanError("the plan's neuron directions must cover exactly its edited neurons, once each")
 
     # ---------------------------------------------------------------- views
 

@@ -69,6 +69,8 @@ def sequential_plan(
         plain.neuron_g.clone(),
         plain.neuron_k.clone(),
     )
+    # component-level vectors: each part's sparse neuron directions, for the neurons it edits
+    directions: list[tuple[torch.Tensor, torch.Tensor]] = []
     blocks = [list(range(b, min(b + block_size, n_layers))) for b in range(0, n_layers, block_size)]
     passes = 0
     so_far: EditPlan | None = None
@@ -107,12 +109,15 @@ def sequential_plan(
             mu_z[x], mu_post[x] = part.mu_z[x], part.mu_post[x]
             head_g[x], head_k[x], head_lambda[x] = part.head_g[x], part.head_k[x], part.head_lambda[x]
             neuron_g[x], neuron_k[x], neuron_lambda[x] = part.neuron_g[x], part.neuron_k[x], part.neuron_lambda[x]
+        if part.neuron_u is not None and part.neuron_u_index is not None:  # only the todo layers are edited
+            directions.append((part.neuron_u_index, part.neuron_u))
         so_far = replace(
             plain,
             head_lambda=head_lambda.clone(),
             neuron_lambda=neuron_lambda.clone(),
             head_k=head_k.clone(),
             neuron_k=neuron_k.clone(),
+            **_neuron_directions(plain, directions),
         )
     provenance: dict[str, Any] = {
         **plain.provenance,
@@ -130,4 +135,15 @@ def sequential_plan(
         mu_post=mu_post,
         model=model_identity(model),
         provenance=provenance,
+        **_neuron_directions(plain, directions),
     )
+
+
+def _neuron_directions(plain: EditPlan, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """The sparse neuron directions of the parts computed so far (component-level vectors);
+    nothing to replace with layer vectors."""
+    if plain.neuron_u is None or plain.neuron_u_index is None:
+        return {}
+    if not parts:
+        return {"neuron_u_index": plain.neuron_u_index[:0], "neuron_u": plain.neuron_u[:0]}
+    return {"neuron_u_index": torch.cat([i for i, _ in parts]), "neuron_u": torch.cat([u for _, u in parts])}
