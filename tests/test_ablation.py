@@ -101,6 +101,33 @@ def test_a_calibrated_ablation_meets_steering_at_the_same_kl(tiny_dirs: dict[str
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
+def test_the_calibrated_variants_meet_their_targets_beside_steerings_grid(
+    tiny_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The calibrated variants bisect each plan's budget to the default KL targets (one plan per
+    target), while steering and the other variants keep their grids."""
+    from s2e_lens.experiments.ablation import CALIBRATION_TARGETS
+
+    out = tmp_path / "calvar"
+    sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "gammas=1", "rho_attn=0.3", "rho_mlp=0.3", "alpha=0.5",
+            "keep_edits=4", "max_kl=100", "check_answers=false", "max_degenerate=1"]  # fmt: skip
+    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--variants", "full,calibrated,calibrated-relative", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+
+    results = pd.read_json(out / "results.json")
+    for variant in ("calibrated", "calibrated relative"):
+        kls = sorted(results[(results["variant"] == variant) & (results["kind"] == "edit")]["kl"])
+        assert len(kls) == len(CALIBRATION_TARGETS)
+        for kl, target in zip(kls, sorted(CALIBRATION_TARGETS)):
+            assert abs(kl - target) <= 0.05 * target + 1e-9, (variant, kls)
+    assert list(results[results["kind"] == "steer"]["label"]) == ["steer gamma=1"]
+    assert len(results[(results["variant"] == "full") & (results["kind"] == "edit")]) == 1
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
 def test_a_variant_whose_candidates_all_fail_the_screen(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     """Held-out selection with nothing kept (seen with g=dot on SmolLM2): the variant gets an
     empty row in the table, and the ablation goes on."""

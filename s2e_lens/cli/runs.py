@@ -507,7 +507,8 @@ def ablate_cmd(
         str,
         typer.Option(
             help="Comma-separated: the paper's full, k=mu, k=svd, g=dot, top-K (l0), l2 (alpha=0) (the default; "
-            "aliases mu, svd, dot, l0, l2), and ours: relative, component, sequential."
+            "aliases mu, svd, dot, l0, l2), and ours: relative, component, sequential, calibrated, "
+            "'calibrated relative' (budgets bisected to --set target_kl=..., default 0.05,0.1,0.2)."
         ),
     ] = "full,k=mu,k=svd,g=dot,top-K (l0),l2 (alpha=0)",
     set_: SetOpt = None,

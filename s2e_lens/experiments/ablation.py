@@ -51,7 +51,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "relative": {"magnitude": "relative"},
     "component": {"vectors": "component"},
     "sequential": {"sequential": 4},
+    # the paper's rule with each plan's budget bisected to KL targets (RunConfig.target_kl, or
+    # CALIBRATION_TARGETS), one plan per target and alpha; steering stays on its gamma grid
+    "calibrated": {"target_kl": ()},
+    "calibrated relative": {"magnitude": "relative", "target_kl": ()},
 }
+CALIBRATION_TARGETS = (0.05, 0.1, 0.2)
 PAPER_VARIANTS = tuple(PAPER_SCORES)
 ALIASES = {
     "mu": "k=mu",
@@ -60,6 +65,7 @@ ALIASES = {
     "l0": "top-K (l0)",
     "top-k": "top-K (l0)",
     "l2": "l2 (alpha=0)",
+    "calibrated-relative": "calibrated relative",
 }
 
 
@@ -220,6 +226,8 @@ def _variant_config(config: RunConfig, name: str) -> RunConfig:
     fields = dict(VARIANTS[name])
     if fields.get("edit_selection") == "top_k" and not config.top_k:
         fields["top_k"] = TOP_K
+    if "target_kl" in fields:
+        fields["target_kl"] = config.target_kl or CALIBRATION_TARGETS
     return dataclasses.replace(config, gammas=(), baselines=False, **fields)
 
 
