@@ -112,7 +112,8 @@ def test_the_calibrated_variants_meet_their_targets_beside_steerings_grid(
     sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "gammas=1", "rho_attn=0.3", "rho_mlp=0.3", "alpha=0.5",
             "keep_edits=4", "max_kl=100", "check_answers=false", "max_degenerate=1"]  # fmt: skip
     args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
-            "--variants", "full,calibrated,calibrated-relative", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+            "--variants", "full,calibrated,calibrated-relative", "--json"]  # fmt: skip
+    args += [x for s in sets for x in ("--set", s)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     import pandas as pd
@@ -121,7 +122,7 @@ def test_the_calibrated_variants_meet_their_targets_beside_steerings_grid(
     for variant in ("calibrated", "calibrated relative"):
         kls = sorted(results[(results["variant"] == variant) & (results["kind"] == "edit")]["kl"])
         assert len(kls) == len(CALIBRATION_TARGETS)
-        for kl, target in zip(kls, sorted(CALIBRATION_TARGETS)):
+        for kl, target in zip(kls, sorted(CALIBRATION_TARGETS), strict=True):
             assert abs(kl - target) <= 0.05 * target + 1e-9, (variant, kls)
     assert list(results[results["kind"] == "steer"]["label"]) == ["steer gamma=1"]
     assert len(results[(results["variant"] == "full") & (results["kind"] == "edit")]) == 1
