@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,6 +65,34 @@ def test_ablate_builds_its_table_from_the_evaluated_rows(tiny_dirs: dict[str, Pa
     md = (out / "ablation.md").read_text()
     assert "| full |" in md and "The paper's order: full > k=svd > k=mu" in md
     assert "At matched utility: ahead of steering with a 95% interval above 0:" in md
+    _check_rescoring(out, tmp_path, results, gens)
+
+
+def _check_rescoring(out: Path, tmp_path: Path, results: Any, gens: list[dict[str, Any]]) -> None:
+    """`s2e rescore` on an ablation: re-judged by the judge it ran with, from the texts alone,
+    it gives the saved table again; by the other judge each attribute is the mean of that
+    judge's recorded verdicts; by a judge that refuses everything every attribute is 1."""
+    import pandas as pd
+
+    same = runner.invoke(app, ["rescore", str(out), "--judge", "strict", "--json"])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.output)["table"] == json.loads((out / "ablation.json").read_text())
+
+    paper = runner.invoke(app, ["rescore", str(out), "--judge", "paper", "--out", str(tmp_path / "by-paper")])
+    assert paper.exit_code == 0, paper.output
+    assert "re-judged by paper" in paper.output and "| full |" in paper.output
+    rejudged = pd.read_json(tmp_path / "by-paper" / "results.json")
+    for label, attribute in zip(rejudged["label"], rejudged["attribute"], strict=True):
+        verdicts = [float(g["judges"]["paper"]) for g in gens if g["label"] == label and g["set"] == "plain"]
+        assert attribute == pytest.approx(np.mean(verdicts))
+    assert json.loads((tmp_path / "by-paper" / "config.json").read_text())["judge"] == "paper"
+
+    always = tmp_path / "always.py"
+    always.write_text("def judge(prompt, text):\n    return True\n")
+    every = runner.invoke(app, ["rescore", str(out), "--judge", f"{always}:judge", "--json"])
+    assert every.exit_code == 0, every.output
+    table = pd.DataFrame(json.loads(every.output)["table"])
+    assert (table["attribute"] == 1.0).all() and len(results) > len(table)
 
 
 @pytest.mark.parametrize(

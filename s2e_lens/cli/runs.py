@@ -452,12 +452,17 @@ def eval_cmd(
 
 @app.command("rescore")
 def rescore_cmd(
-    run_dir: Annotated[str, typer.Argument(help="A run directory (from s2e run or s2e sweep).")],
+    run_dir: Annotated[str, typer.Argument(help="A run directory (s2e run, sweep) or an ablation (s2e ablate).")],
     judge: Annotated[str, typer.Option("--judge", help="paper, strict, or MODULE:function / FILE.py:function.")],
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Ablations: also save the re-judged ablation here.")
+    ] = None,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-score a run's recorded generations with another refusal judge, without a model:
     refusal per intervention and prompt set with 95% intervals, and how the judges compare.
+    For an ablation directory: the whole table (best edits, scores, both gaps) re-judged.
 
     Example: s2e rescore runs/demo --judge paper
     """
@@ -465,6 +470,11 @@ def rescore_cmd(
     from s2e_lens.core.run import Run
 
     chosen = load_judge(judge)
+    if (Path(run_dir) / "ablation.json").is_file():
+        _rescore_ablation(run_dir, chosen, out=out, overwrite=overwrite, as_json=as_json)
+        return
+    if out is not None:
+        raise InvalidInputError("--out saves a re-judged ablation; a run's re-scoring is printed only")
     run = Run.load(run_dir)
     if not run.generations:
         raise InvalidInputError(
@@ -478,6 +488,28 @@ def rescore_cmd(
         typer.echo(json.dumps({"refusal": json.loads(table.to_json(orient="records")), "judges": summary}))
         return
     typer.echo(table.drop(columns="judge").to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    typer.echo(_judges_line(summary))
+
+
+def _rescore_ablation(run_dir: str, judge: Any, *, out: str | None, overwrite: bool, as_json: bool) -> None:
+    from s2e_lens.core.judges import judge_summary, judged_records
+    from s2e_lens.experiments.ablation import Ablation
+
+    if out is not None:
+        check_output(out, kind="dir", overwrite=overwrite, what="ablation directory")
+    rejudged = Ablation.load(run_dir).rejudged(judge)
+    attacks = rejudged.config["attacks"][0]
+    names = tuple(dict.fromkeys([judge.name, "paper", "strict"]))
+    on_attacks = [g for g in rejudged.generations if g["set"] == attacks]
+    summary = judge_summary(judged_records(on_attacks, judge), names)
+    if out is not None:
+        rejudged.save(out, overwrite=overwrite)
+    if as_json:
+        table = json.loads(rejudged.table.to_json(orient="records"))
+        typer.echo(json.dumps({"table": table, "judges": summary, "out": out}))
+        return
+    typer.echo(f"{run_dir} re-judged by {judge.name} ({attacks}):\n")
+    typer.echo(rejudged.markdown())
     typer.echo(_judges_line(summary))
 
 

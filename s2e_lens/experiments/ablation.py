@@ -22,7 +22,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from s2e_lens.core.comparison import frontier_gap_with_interval, sane
-from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled
+from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled, rate_interval
+from s2e_lens.core.judges import NamedJudge, judged_records
 from s2e_lens.core.run import save_table
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.experiments import pipelines
@@ -125,6 +126,67 @@ class Ablation:
             (scratch / "config.json").write_text(json.dumps({**self.config, "timings_s": self.timings}, indent=1))
             (scratch / "ablation.md").write_text(self.markdown())
         return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ablation:
+        """An ablation directory written by :meth:`save` (JSON only: nothing executable is read)."""
+        import json
+
+        path = Path(path)
+        needed = ("ablation.json", "results.json", "items.json", "config.json")
+        missing = [n for n in needed if not (path / n).is_file()]
+        if missing:
+            raise InvalidInputError(
+                f"{path} is not an ablation directory (missing {', '.join(missing)}); give the --out of s2e ablate"
+            )
+        config = json.loads((path / "config.json").read_text())
+        generations = path / "generations.jsonl"
+        return cls(
+            config=config,
+            results=pd.read_json(path / "results.json", orient="records"),
+            items=json.loads((path / "items.json").read_text()),
+            table=pd.read_json(path / "ablation.json", orient="records"),
+            timings=config.pop("timings_s", {}),
+            generations=[json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+            if generations.is_file()
+            else [],
+        )
+
+    def rejudged(self, judge: NamedJudge) -> Ablation:
+        """The same ablation with every generated attribute re-judged by ``judge`` from the
+        recorded texts (no model): each row's attribute and its interval, the per-prompt items,
+        and the table (best edits, scores and both gaps) rebuilt from them. Utility, KL and the
+        degeneracy flags do not depend on the judge and are kept."""
+        attacks = self.config.get("attacks") or []
+        if not self.generations or not attacks:
+            raise InvalidInputError(
+                "this ablation recorded no generated attribute (generations.jsonl is missing or empty, or the "
+                "behaviour is not judged by generation): there is nothing to re-judge"
+            )
+        judged = judged_records([g for g in self.generations if g["set"] == attacks[0]], judge)
+        per_label: dict[str, dict[int, list[float]]] = {}
+        for r in judged:
+            per_label.setdefault(r["label"], {}).setdefault(int(r["prompt_index"]), []).append(
+                float(r["judges"][judge.name])
+            )
+        items = {label: dict(scores) for label, scores in self.items.items()}
+        results = self.results.copy()
+        for column in ("attribute", "attribute_low", "attribute_high"):
+            if column in results:
+                results[column] = results[column].astype(float)
+        for label, prompts in per_label.items():
+            rows = [prompts[i] for i in sorted(prompts)]
+            items.setdefault(label, {})["attribute"] = rows
+            sums, counts = pooled(rows)
+            ci = rate_interval(rows)
+            at = results["label"] == label
+            results.loc[at, "attribute"] = float(sums.sum() / counts.sum())
+            results.loc[at, ["attribute_low", "attribute_high"]] = (ci.low, ci.high)
+        variants = tuple(self.table["variant"])
+        table = pd.DataFrame([_row(name, results, items) for name in variants])
+        return dataclasses.replace(
+            self, config={**self.config, "judge": judge.name}, results=results, items=items, table=table
+        )
 
     def markdown(self) -> str:
         """The table as Markdown, beside the paper's numbers."""
