@@ -171,3 +171,32 @@ def test_a_variant_whose_candidates_all_fail_the_screen(tiny_dirs: dict[str, Pat
     table = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
     assert table["g=dot"]["n_evaluated"] == 0 and table["g=dot"]["best"] is None
     assert "| g=dot | none: no candidate passed the KL screen |" in (out / "ablation.md").read_text()
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
+def test_a_prepared_run_equals_a_fresh_one_and_refuses_other_settings(tiny_dirs: dict[str, Path]) -> None:
+    """What an ablation shares between variants (checks, data, statistics, suites) gives the
+    same results as a run that builds them itself, and is refused for other suite settings."""
+    import dataclasses
+
+    import pandas as pd
+
+    from s2e_lens import load_model
+    from s2e_lens.errors import InvalidInputError
+    from s2e_lens.experiments import pipelines
+    from s2e_lens.experiments.config import RunConfig
+
+    config = RunConfig(
+        model=str(tiny_dirs["llama"]), data_dir=str(SHARED), n_eval=3, n_mc=1, max_new_tokens=4, gammas=(1.0,),
+        rho_attn=(0.3,), rho_mlp=(0.0,), alpha=(0.5,), keep_edits=1, max_kl=100.0, check_answers=False,
+        max_degenerate=1.0, baselines=False, selection="heldout",
+    )  # fmt: skip
+    model = load_model(config.model, progress=False)
+    fresh = pipelines.run(config, model=model, progress=False)
+    prepared = pipelines.prepare(config, model, progress=False)
+    again = pipelines.run(config, model=model, progress=False, prepared=prepared)
+    columns = ["label", "attribute", "utility", "kl"]
+    pd.testing.assert_frame_equal(again.results[columns], fresh.results[columns])
+    pd.testing.assert_frame_equal(again.tune_results[columns], fresh.tune_results[columns])
+    with pytest.raises(InvalidInputError, match=r"built with other settings \(suite\)"):
+        pipelines.run(dataclasses.replace(config, n_eval=4), model=model, progress=False, prepared=prepared)

@@ -246,17 +246,14 @@ def ablate(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = model or load_model(config.model, progress=progress, **config.placement())
-    data = pipelines.probe_data(config, model)
-    from s2e_lens.engine.extraction import collect_statistics
-
-    stats = collect_statistics(model, data, **config.statistics_options(model.device), progress=progress)
-    timings["data and statistics"] = round(time.perf_counter() - started, 1)
+    prepared = pipelines.prepare(config, model, progress=progress)
+    timings["checks, data and statistics"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     baseline = pipelines.run(
         dataclasses.replace(config, rho_attn=(0.0,), rho_mlp=(0.0,), baselines=False),
         model=model,
         progress=progress,
-        prepared=(data, stats),
+        prepared=prepared,
     )  # the unedited model and steering (calibrated too with target_kl; no edits on an all-off grid)
     timings["steering"] = round(time.perf_counter() - started, 1)
     frames = [baseline.results.assign(variant="steering")]
@@ -264,9 +261,7 @@ def ablate(
     generations = [{**g, "variant": "steering"} for g in baseline.generations]
     for name in tqdm(variants, desc="ablation", disable=not progress):
         started = time.perf_counter()
-        part = pipelines.run(
-            settings[name], model=model, progress=progress, prepared=(data, stats), include_unedited=False
-        )
+        part = pipelines.run(settings[name], model=model, progress=progress, prepared=prepared, include_unedited=False)
         rename = {label: f"[{name}] {label}" for label in part.results["label"]}
         frames.append(part.results.assign(variant=name, label=part.results["label"].map(rename)))
         items.update({rename[label]: scores for label, scores in part.items.items()})

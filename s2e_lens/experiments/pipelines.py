@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from s2e_lens.behaviours.base import get
+from s2e_lens.behaviours.base import Suite, get
 from s2e_lens.behaviours.custom import custom_jsonl
 from s2e_lens.behaviours.safety import generation_config_sampling, own_probe, prompt_contrast, read_prompt_list
 from s2e_lens.core.contrastive import ContrastiveSet
@@ -28,8 +29,10 @@ from s2e_lens.engine.extraction import collect_statistics
 from s2e_lens.engine.generation import GenerationSettings, generate
 from s2e_lens.engine.scoring import KLReference
 from s2e_lens.engine.sequential import sequential_plan
+from s2e_lens.errors import InvalidInputError
 from s2e_lens.experiments import health, sweep
 from s2e_lens.experiments.config import RunConfig
+from s2e_lens.experiments.health import Check
 from s2e_lens.io import files
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.loading import load_model
@@ -40,13 +43,13 @@ def run(
     *,
     model: LoadedModel | None = None,
     progress: bool = True,
-    prepared: tuple[ContrastiveSet, ContrastiveStatistics] | None = None,
+    prepared: Prepared | None = None,
     include_unedited: bool = True,
 ) -> Run:
     """Everything but the report: check the unedited model, build the behaviour's data,
     collect statistics, screen edit candidates, evaluate steering, the kept edits (and the
-    baselines) on the test split. ``prepared`` (the probe data and its statistics on this
-    model, from an earlier run with the same probe settings) skips building them again;
+    baselines) on the test split. ``prepared`` (from :func:`prepare` on this model with the
+    same probe and suite settings) skips the checks, the data, the statistics and the suites;
     ``include_unedited=False`` does not measure the unedited model (an ablation measures it
     once)."""
     timings: dict[str, float] = {}
@@ -58,22 +61,17 @@ def run(
         timings[name] = round(now - clock, 1)
         clock = now
 
-    behaviour = get(config.behaviour)
+    behaviour = get(config.behaviour)  # an unknown behaviour fails before the model loads
     model = model or load_model(config.model, progress=progress, **config.placement())
     lap("load")
-    checks = health.preflight(model, known=config.check_answers).checks
-    lap("checks")
-    data = prepared[0] if prepared is not None else probe_data(config, model)
     assert behaviour.suite is not None
-    suite = behaviour.suite(model, config.suite_size())
-    lap("data")
-    stats = (
-        prepared[1]
-        if prepared is not None
-        else collect_statistics(model, data, **config.statistics_options(model.device), progress=progress)
-    )
+    if prepared is None:
+        prepared = prepare(config, model, progress=progress, timings=timings)
+        clock = time.perf_counter()
+    else:
+        prepared.check(config)
+    data, stats, suite, checks = prepared.data, prepared.stats, prepared.suite, prepared.checks
     vectors = SteeringVectors.from_statistics(stats)
-    lap("statistics")
     planner = None
     if config.sequential:
 
@@ -105,10 +103,9 @@ def run(
             model, candidates, suite.kl_reference, max_kl=config.max_kl, keep=config.keep_edits
         )
     if config.selection == "heldout":  # choose on the tune split, report on the test split
-        tune_suite = behaviour.suite(model, dataclasses.replace(config.suite_size(), part="tune"))
         tune_results = sweep.run(
             model,
-            tune_suite,
+            prepared.tune(model),
             steering + kept,
             progress=progress,
             max_degenerate=config.max_degenerate,
@@ -157,6 +154,70 @@ def run(
         speed=speed,
         tune_results=tune_results if tune_results is not None else pd.DataFrame(),
     )
+
+
+@dataclass
+class Prepared:
+    """What runs on one model with the same probe and suite settings share: the preflight
+    checks, the probe data, its statistics and the evaluation suites (with their KL reference).
+    Built by :func:`prepare`; an ablation passes one to every variant's :func:`run`."""
+
+    data: ContrastiveSet
+    stats: ContrastiveStatistics
+    suite: Suite
+    checks: list[Check]
+    key: dict[str, Any]  # the settings the parts were built with (see _key)
+    tune_suite: Suite | None = None  # held-out selection's tune split, built once when first needed
+
+    def check(self, config: RunConfig) -> None:
+        """Refuse a run whose probe or suite settings differ from those these parts were built with."""
+        key = _key(config)
+        differ = sorted(k for k in key if key[k] != self.key.get(k))
+        if differ:
+            raise InvalidInputError(
+                f"these prepared data, statistics and suites were built with other settings ({', '.join(differ)}); "
+                "prepare them again for this run (pipelines.prepare)"
+            )
+
+    def tune(self, model: LoadedModel) -> Suite:
+        """The suite on the tune split (held-out selection chooses there)."""
+        if self.tune_suite is None:
+            behaviour = get(self.key["behaviour"])
+            assert behaviour.suite is not None
+            self.tune_suite = behaviour.suite(model, dataclasses.replace(self.key["suite"], part="tune"))
+        return self.tune_suite
+
+
+def _key(config: RunConfig) -> dict[str, Any]:
+    probe = ("behaviour", "probe", "probe_prompts", "benign_prompts", "system_prompt", "reference_strip", "seed",
+             "data_dir", "judge", "positions", "prompt_positions", "batch_size", "check_answers")  # fmt: skip
+    return {name: getattr(config, name) for name in probe} | {"suite": config.suite_size()}
+
+
+def prepare(
+    config: RunConfig, model: LoadedModel, *, progress: bool = True, timings: dict[str, float] | None = None
+) -> Prepared:
+    """Check the unedited model, build the probe data and the suite, collect the statistics
+    (each step's seconds into ``timings``: checks, data, statistics)."""
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        if timings is not None:
+            timings[name] = round(now - clock, 1)
+        clock = now
+
+    behaviour = get(config.behaviour)
+    assert behaviour.suite is not None
+    checks = health.preflight(model, known=config.check_answers).checks
+    lap("checks")
+    data = probe_data(config, model)
+    suite = behaviour.suite(model, config.suite_size())
+    lap("data")
+    stats = collect_statistics(model, data, **config.statistics_options(model.device), progress=progress)
+    lap("statistics")
+    return Prepared(data=data, stats=stats, suite=suite, checks=checks, key=_key(config))
 
 
 def calibrated(
