@@ -200,3 +200,58 @@ def test_a_prepared_run_equals_a_fresh_one_and_refuses_other_settings(tiny_dirs:
     pd.testing.assert_frame_equal(again.tune_results[columns], fresh.tune_results[columns])
     with pytest.raises(InvalidInputError, match=r"built with other settings \(suite\)"):
         pipelines.run(dataclasses.replace(config, n_eval=4), model=model, progress=False, prepared=prepared)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="shared evaluation data not present")
+def test_held_out_ablation_keeps_the_tune_split_and_its_gains(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Held-out selection: the tune split's rows are saved (steering's and each variant's), and
+    each variant's tune-split gain is the frontier gap of those rows, recomputed here by hand on
+    a fine grid from the two frontiers' piecewise-linear interpolation."""
+    import pandas as pd
+
+    out = tmp_path / "tune"
+    judge = tmp_path / "judge.py"  # a random model refuses nothing: a judge that varies with the text
+    judge.write_text("def judge(prompt, text):\n    return sum(map(ord, text)) % 2 == 0\n")
+    sets = ["n_eval=6", "n_mc=2", "max_new_tokens=4", "gammas=0.5,1,2,4", "rho_attn=0.1,0.2,0.3,0.5", "rho_mlp=0",
+            "alpha=0.5", "keep_edits=4", "max_kl=100", "check_answers=false", "max_degenerate=1",
+            "selection=heldout", f"judge={judge}:judge"]  # fmt: skip
+    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
+            "--variants", "full,l2", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    tune = pd.read_json(out / "tune_results.json")
+    table = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
+    assert sorted(tune.loc[tune["kind"] == "steer", "gamma"]) == [0.5, 1.0, 2.0, 4.0]
+    assert (tune["kind"] == "none").sum() == 1  # the unedited model, once
+    compared = 0
+    for name in ("full", "l2 (alpha=0)"):
+        edits = tune[(tune["variant"] == name) & (tune["kind"] == "edit")]
+        assert len(edits) >= 1 and all(label.startswith(f"[{name}] ") for label in edits["label"])
+        for key, column, sign in (("gap", "utility", 1.0), ("kl_gap", "kl", -1.0)):
+            expected = _gap_by_hand(sane(tune[tune["variant"] == "steering"]), sane(edits), column, sign)
+            got = table[name][f"tune_{key}_mean"]
+            assert (got is None and np.isnan(expected)) or got == pytest.approx(expected, abs=0.02), (name, key)
+            compared += got is not None
+    assert compared >= 2, "the tiny run gave no shared range to compare on"
+    assert "On the tune split at matched utility" in (out / "ablation.md").read_text()
+
+
+def _gap_by_hand(steer: Any, edits: Any, column: str, sign: float) -> float:
+    """Mean over the shared utility range of the upper envelopes' difference (each frontier: the
+    best attribute reachable at utility >= u, linearly interpolated between its corners)."""
+
+    def frontier(frame: Any) -> tuple[np.ndarray, np.ndarray]:
+        pts = sorted(zip(sign * frame[column].to_numpy(float), frame["attribute"].to_numpy(float), strict=True))
+        keep: list[tuple[float, float]] = []
+        for u, a in reversed(pts):  # from the highest utility down: keep points that raise the attribute
+            if not keep or a > keep[-1][1]:
+                keep.append((u, a))
+        keep.reverse()
+        return np.array([u for u, _ in keep]), np.array([a for _, a in keep])
+
+    (us, as_), (ue, ae) = frontier(steer), frontier(edits)
+    low, high = max(us[0], ue[0]), min(us[-1], ue[-1])
+    if low > high:
+        return float("nan")
+    grid = np.linspace(low, high, 2001)
+    return float(np.mean(np.interp(grid, ue, ae) - np.interp(grid, us, as_)))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from s2e_lens.core.comparison import frontier_gap_with_interval, sane
+from s2e_lens.core.comparison import MATCH_AXES, Point, frontier_gap, frontier_gap_with_interval, sane
 from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled, rate_interval
 from s2e_lens.core.judges import NamedJudge, judged_records
 from s2e_lens.core.run import save_table
@@ -51,7 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "l2 (alpha=0)": {"alpha": (0.0,)},
     "relative": {"magnitude": "relative"},
     "component": {"vectors": "component"},
-    "sequential": {"sequential": 4},
+    "sequential": {"sequential": 8},  # blocks of 8 layers: 3 extra statistics passes on SmolLM2 (30 layers)
     # the paper's rule with each plan's budget bisected to KL targets (RunConfig.target_kl, or
     # CALIBRATION_TARGETS), one plan per target and alpha; steering stays on its gamma grid
     "calibrated": {"target_kl": ()},
@@ -110,6 +110,7 @@ class Ablation:
     table: pd.DataFrame  # one row per variant
     timings: dict[str, float] = field(default_factory=dict)
     generations: list[dict[str, Any]] = field(default_factory=list)  # every evaluated generation, judged
+    tune_results: pd.DataFrame = field(default_factory=pd.DataFrame)  # held-out selection: the tune split's rows
 
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """ablation.csv/json (the table), results.csv/json, items.json, generations.jsonl (each
@@ -121,6 +122,8 @@ class Ablation:
         with files.atomic_directory(out, overwrite=overwrite) as scratch:
             save_table(self.table, scratch / "ablation")
             save_table(self.results, scratch / "results")
+            if not self.tune_results.empty:
+                save_table(self.tune_results, scratch / "tune_results")
             (scratch / "items.json").write_text(json.dumps(self.items))
             (scratch / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in self.generations))
             (scratch / "config.json").write_text(json.dumps({**self.config, "timings_s": self.timings}, indent=1))
@@ -140,7 +143,7 @@ class Ablation:
                 f"{path} is not an ablation directory (missing {', '.join(missing)}); give the --out of s2e ablate"
             )
         config = json.loads((path / "config.json").read_text())
-        generations = path / "generations.jsonl"
+        generations, tune = path / "generations.jsonl", path / "tune_results.json"
         return cls(
             config=config,
             results=pd.read_json(path / "results.json", orient="records"),
@@ -150,13 +153,15 @@ class Ablation:
             generations=[json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
             if generations.is_file()
             else [],
+            tune_results=pd.read_json(tune, orient="records") if tune.is_file() else pd.DataFrame(),
         )
 
     def rejudged(self, judge: NamedJudge) -> Ablation:
         """The same ablation with every generated attribute re-judged by ``judge`` from the
         recorded texts (no model): each row's attribute and its interval, the per-prompt items,
         and the table (best edits, scores and both gaps) rebuilt from them. Utility, KL and the
-        degeneracy flags do not depend on the judge and are kept."""
+        degeneracy flags do not depend on the judge and are kept. The tune split's gains stay the
+        run judge's: its texts are not recorded."""
         attacks = self.config.get("attacks") or []
         if not self.generations or not attacks:
             raise InvalidInputError(
@@ -183,7 +188,7 @@ class Ablation:
             results.loc[at, "attribute"] = float(sums.sum() / counts.sum())
             results.loc[at, ["attribute_low", "attribute_high"]] = (ci.low, ci.high)
         variants = tuple(self.table["variant"])
-        table = pd.DataFrame([_row(name, results, items) for name in variants])
+        table = pd.DataFrame([_row(name, results, items, self.tune_results) for name in variants])
         return dataclasses.replace(
             self, config={**self.config, "judge": judge.name}, results=results, items=items, table=table
         )
@@ -192,9 +197,13 @@ class Ablation:
         """The table as Markdown, beside the paper's numbers."""
         lines = [
             "| variant | best edit | attribute | utility | attribute x utility [95%] | paper | "
-            "gain at matched utility [95%] | gain at matched KL [95%] |",
-            "|---|---|---|---|---|---|---|---|",
+            "gain at matched utility [95%] | gain at matched KL [95%] | tune split: gain at utility / KL |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
+
+        def tune(row: pd.Series) -> str:
+            values = [row.get(f"tune_{key}_mean", np.nan) for key in ("gap", "kl_gap")]
+            return " / ".join("-" if pd.isna(v) else f"{v:+.3f}" for v in values)
 
         def gap(row: pd.Series, key: str) -> str:
             if pd.isna(row[f"{key}_mean"]):
@@ -205,14 +214,23 @@ class Ablation:
             paper = f"{PAPER_SCORES[r['variant']]:.3f}" if r["variant"] in PAPER_SCORES else "-"
             if pd.isna(r["score"]):
                 why = "none: no candidate passed the KL screen" if not r["n_evaluated"] else "none sane"
-                lines.append(f"| {r['variant']} | {why} | | | | {paper} | | |")
+                lines.append(f"| {r['variant']} | {why} | | | | {paper} | | | {tune(r)} |")
                 continue
             lines.append(
                 f"| {r['variant']} | {r['best']} | {r['attribute']:.3f} | {r['utility']:.3f} | "
                 f"{r['score']:.3f} [{r['score_low']:.3f}, {r['score_high']:.3f}] | {paper} | "
-                f"{gap(r, 'gap')} | {gap(r, 'kl_gap')} |"
+                f"{gap(r, 'gap')} | {gap(r, 'kl_gap')} | {tune(r)} |"
             )
         lines.append("")
+        for key, what in (("gap", "matched utility"), ("kl_gap", "matched KL")):
+            column = f"tune_{key}_mean"
+            if column in self.table and self.table[column].notna().any():
+                best = self.table.iloc[int(np.nanargmax(self.table[column].to_numpy(dtype=float)))]
+                lines.append(
+                    f"On the tune split at {what}, {best['variant']} gains most over steering ({best[column]:+.3f}); "
+                    f"on the test split: {gap(best, key)}."
+                )
+                lines.append("")
         for key, what in (("gap", "matched utility"), ("kl_gap", "matched KL")):
             if f"{key}_low" not in self.table:
                 continue
@@ -257,6 +275,7 @@ def ablate(
     )  # the unedited model and steering (calibrated too with target_kl; no edits on an all-off grid)
     timings["steering"] = round(time.perf_counter() - started, 1)
     frames = [baseline.results.assign(variant="steering")]
+    tunes = [baseline.tune_results.assign(variant="steering")] if not baseline.tune_results.empty else []
     items: dict[str, dict[str, Any]] = dict(baseline.items)
     generations = [{**g, "variant": "steering"} for g in baseline.generations]
     for name in tqdm(variants, desc="ablation", disable=not progress):
@@ -264,11 +283,15 @@ def ablate(
         part = pipelines.run(settings[name], model=model, progress=progress, prepared=prepared, include_unedited=False)
         rename = {label: f"[{name}] {label}" for label in part.results["label"]}
         frames.append(part.results.assign(variant=name, label=part.results["label"].map(rename)))
+        if not part.tune_results.empty:
+            named = part.tune_results.assign(variant=name)
+            tunes.append(named.assign(label=[f"[{name}] {label}" for label in named["label"]]))
         items.update({rename[label]: scores for label, scores in part.items.items()})
         generations += [{**g, "label": rename.get(g["label"], g["label"]), "variant": name} for g in part.generations]
         timings[name] = round(time.perf_counter() - started, 1)
     results = pd.concat(frames, ignore_index=True)
-    table = pd.DataFrame([_row(name, results, items) for name in variants])
+    tune_results = pd.concat(tunes, ignore_index=True) if tunes else pd.DataFrame()
+    table = pd.DataFrame([_row(name, results, items, tune_results) for name in variants])
     return Ablation(
         config=config.to_dict() | {"variants": list(variants)},
         results=results,
@@ -276,6 +299,7 @@ def ablate(
         table=table,
         timings=timings,
         generations=generations,
+        tune_results=tune_results,
     )
 
 
@@ -288,10 +312,34 @@ def _variant_config(config: RunConfig, name: str) -> RunConfig:
     return dataclasses.replace(config, gammas=(), baselines=False, **fields)
 
 
-def _row(name: str, results: pd.DataFrame, items: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def tune_gap(tune: pd.DataFrame, name: str, match: str = "utility") -> float:
+    """The mean frontier gap of variant ``name`` over steering on the tune split (held-out
+    selection's rows; no interval: the tune split's per-item scores are not kept), NaN when
+    there are no such rows or the frontiers share no range."""
+    if tune.empty or "variant" not in tune:
+        return np.nan
+    key, sign, _ = MATCH_AXES[match]
+    ok = sane(tune[tune["variant"].isin(["steering", name])])
+
+    def pts(kinds: tuple[str, ...]) -> list[Point]:
+        rows = ok[ok["kind"].isin(kinds)]
+        return [
+            Point(float(a), sign * float(u), str(lab))
+            for a, u, lab in zip(rows["attribute"], rows[key], rows["label"], strict=True)
+        ]
+
+    gap = frontier_gap(pts(("steer", "none")), pts(("edit",)), 101)
+    return np.nan if gap is None else gap.mean
+
+
+def _row(
+    name: str, results: pd.DataFrame, items: dict[str, dict[str, Any]], tune: pd.DataFrame | None = None
+) -> dict[str, Any]:
     mine = results[(results["variant"] == name) & (results["kind"] == "edit")]
     ok = sane(mine)
     row: dict[str, Any] = {"variant": name, "n_evaluated": len(mine), "n_sane": len(ok)}
+    if tune is not None and not tune.empty:
+        row |= {"tune_gap_mean": tune_gap(tune, name, "utility"), "tune_kl_gap_mean": tune_gap(tune, name, "kl")}
     if ok.empty:
         return row | {"best": None, "score": np.nan}
     scored = ok.assign(score=ok["attribute"] * ok["utility"]).sort_values(["score", "attribute"], ascending=False)
