@@ -189,8 +189,9 @@ class Prepared:
 
 
 def _key(config: RunConfig) -> dict[str, Any]:
-    probe = ("model", "dtype", "behaviour", "probe", "probe_prompts", "benign_prompts", "system_prompt", "reference_strip", "seed",
-             "data_dir", "judge", "positions", "prompt_positions", "batch_size", "check_answers")  # fmt: skip
+    probe = ("model", "dtype", "behaviour", "probe", "probe_prompts", "benign_prompts", "system_prompt",
+             "reference_strip", "seed", "data_dir", "judge", "positions", "prompt_positions", "batch_size",
+             "check_answers")  # fmt: skip
     return {name: getattr(config, name) for name in probe} | {"suite": config.suite_size()}
 
 
