@@ -559,14 +559,20 @@ BROWSER_HINT = (
 )
 
 
-def static_image(fig: go.Figure, fmt: str = "png", *, scale: float = 2.0, attempts: int = 2) -> bytes:
+def static_image(
+    fig: go.Figure, fmt: str = "png", *, scale: float = 2.0, attempts: int = 4, wait_s: float = 1.0
+) -> bytes:
     """The figure as PNG/SVG bytes. A JavaScript error from a browser that was slow to load
-    kaleido's page (seen on a busy machine: "kaleido_scopes is not defined") is tried again."""
+    kaleido's page (seen on a busy machine: "kaleido_scopes is not defined", twice in a row
+    when four jobs shared 2 cores) is tried again, waiting ``wait_s``, then twice as long, ..."""
+    import time
+
     for attempt in range(1, attempts + 1):
         try:
             return fig.to_image(format=fmt, scale=scale)
         except Exception as err:  # kaleido raises several types when Chrome is missing
             if type(err).__name__ == "JavascriptError" and attempt < attempts:
+                time.sleep(wait_s * 2 ** (attempt - 1))
                 continue
             raise StaticExportError(
                 f"static {fmt} export failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
