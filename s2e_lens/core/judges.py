@@ -156,6 +156,23 @@ def judged_records(records: list[dict[str, Any]], judge: NamedJudge) -> list[dic
     return out
 
 
+def verdicts_by_prompt(records: list[dict[str, Any]], name: str) -> dict[tuple[str, str], list[list[float]]]:
+    """Judge ``name``'s verdicts as 0/1 per (label, prompt set), one row per prompt (its
+    samples), prompts in the order recorded.
+
+    >>> recs = [{"label": "a", "set": "x", "prompt_index": 0, "judges": {"j": True}},
+    ...         {"label": "a", "set": "x", "prompt_index": 0, "judges": {"j": False}},
+    ...         {"label": "a", "set": "x", "prompt_index": 1, "judges": {"j": True}}]
+    >>> verdicts_by_prompt(recs, "j")
+    {('a', 'x'): [[1.0, 0.0], [1.0]]}
+    """
+    groups: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in records:
+        per_prompt = groups.setdefault((r["label"], r["set"]), {})
+        per_prompt.setdefault(int(r["prompt_index"]), []).append(float(r["judges"][name]))
+    return {key: list(per_prompt.values()) for key, per_prompt in groups.items()}
+
+
 def judge_summary(records: list[dict[str, Any]], names: tuple[str, ...] = ("paper", "strict")) -> dict[str, Any]:
     """How the judges behave on a run's own generations: each judge's refusal share overall,
     among the degenerate generations and among those cut off at the token limit (where keyword

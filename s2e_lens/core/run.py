@@ -21,7 +21,7 @@ import pandas as pd
 
 from s2e_lens.core.comparison import Comparison, GapEstimate, Items, compare, frontier_gap_with_interval, sane
 from s2e_lens.core.intervals import paired_bootstrap, rate_interval
-from s2e_lens.core.judges import NamedJudge, judge_summary, judged_records
+from s2e_lens.core.judges import NamedJudge, judge_summary, judged_records, verdicts_by_prompt
 from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
@@ -99,15 +99,10 @@ class Run:
         judged = [r for r in self.generations if "judges" in r]  # refusal sets, not utility generations
         records = judged_records(judged, judge) if judge is not None else judged
         names = [judge.name] if judge is not None else sorted({n for r in records for n in r.get("judges", {})})
-        groups: dict[tuple[str, str], dict[int, list[float]]] = {}
         rows = []
         for name in names:
-            groups.clear()
-            for r in records:
-                per_prompt = groups.setdefault((r["label"], r["set"]), {})
-                per_prompt.setdefault(int(r["prompt_index"]), []).append(float(r["judges"][name]))
-            for (label, which), per_prompt in groups.items():
-                ci = rate_interval(list(per_prompt.values()))
+            for (label, which), per_prompt in verdicts_by_prompt(records, name).items():
+                ci = rate_interval(per_prompt)
                 rows.append(
                     {
                         "judge": name,

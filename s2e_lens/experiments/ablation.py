@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from s2e_lens.core.comparison import MATCH_AXES, Point, frontier_gap, frontier_gap_with_interval, sane
 from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled, rate_interval
-from s2e_lens.core.judges import NamedJudge, judged_records
+from s2e_lens.core.judges import NamedJudge, judged_records, verdicts_by_prompt
 from s2e_lens.core.run import save_table
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.experiments import pipelines
@@ -169,18 +169,12 @@ class Ablation:
                 "behaviour is not judged by generation): there is nothing to re-judge"
             )
         judged = judged_records([g for g in self.generations if g["set"] == attacks[0]], judge)
-        per_label: dict[str, dict[int, list[float]]] = {}
-        for r in judged:
-            per_label.setdefault(r["label"], {}).setdefault(int(r["prompt_index"]), []).append(
-                float(r["judges"][judge.name])
-            )
         items = {label: dict(scores) for label, scores in self.items.items()}
         results = self.results.copy()
         for column in ("attribute", "attribute_low", "attribute_high"):
             if column in results:
                 results[column] = results[column].astype(float)
-        for label, prompts in per_label.items():
-            rows = [prompts[i] for i in sorted(prompts)]
+        for (label, _), rows in verdicts_by_prompt(judged, judge.name).items():
             items.setdefault(label, {})["attribute"] = rows
             sums, counts = pooled(rows)
             ci = rate_interval(rows)
