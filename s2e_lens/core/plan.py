@@ -115,14 +115,21 @@ class EditPlan:
         write = self.head_u if self.head_u is not None else self.v_hat_attn
         return edit_rule.head_deltas(self.head_lambda, self.head_k, write)
 
-    def delta_W_out(self) -> Float[torch.Tensor, "layer d_mlp d_model"]:
+    def _neuron_directions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The component-level neuron writes as ``(layer, index, u)``; None with layer vectors."""
         if self.neuron_u is None or self.neuron_u_index is None:
+            return None
+        return self.neuron_u_index[:, 0], self.neuron_u_index[:, 1], self.neuron_u
+
+    def delta_W_out(self) -> Float[torch.Tensor, "layer d_mlp d_model"]:
+        rows = self._neuron_directions()
+        if rows is None:
             return edit_rule.neuron_deltas(self.neuron_lambda, self.neuron_k, self.v_hat_mlp)
+        layer, index, u = rows
         L, N = self.neuron_lambda.shape
-        delta = torch.zeros(L, N, self.neuron_u.shape[-1], dtype=self.neuron_u.dtype)
-        layer, index = self.neuron_u_index[:, 0], self.neuron_u_index[:, 1]
+        delta = torch.zeros(L, N, u.shape[-1], dtype=u.dtype)
         scale = self.neuron_lambda[layer, index] * self.neuron_k[layer, index]
-        delta[layer, index] = scale[:, None] * self.neuron_u
+        delta[layer, index] = scale[:, None] * u
         return delta
 
     def _along_layer_vector(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,10 +139,11 @@ class EditPlan:
         if self.head_u is not None:
             heads = torch.einsum("lhm,lm->lh", self.head_u, self.v_hat_attn)
         neurons = torch.ones_like(self.neuron_lambda)
-        if self.neuron_u is not None and self.neuron_u_index is not None:
+        rows = self._neuron_directions()
+        if rows is not None:
+            layer, index, u = rows
             neurons = torch.zeros_like(self.neuron_lambda)
-            layer, index = self.neuron_u_index[:, 0], self.neuron_u_index[:, 1]
-            neurons[layer, index] = (self.neuron_u * self.v_hat_mlp[layer]).sum(-1)
+            neurons[layer, index] = (u * self.v_hat_mlp[layer]).sum(-1)
         return heads, neurons
 
     def predicted_shift(self) -> dict[str, Float[torch.Tensor, " layer"]]:
