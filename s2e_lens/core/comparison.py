@@ -263,10 +263,20 @@ def degenerate_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["degenerate_flag"].astype(bool)]
 
 
-def points(frame: pd.DataFrame, kind: str, utility: str = "utility") -> list[Point]:
-    sub = frame[frame["kind"] == kind]
+def points(
+    frame: pd.DataFrame, kind: str | tuple[str, ...], utility: str = "utility", sign: float = 1.0
+) -> list[Point]:
+    """The rows of ``kind`` (one kind or several) as frontier points: (attribute, sign x the
+    ``utility`` column). ``sign=-1`` turns a lower-is-better column (KL) into higher-is-better.
+
+    >>> frame = pd.DataFrame({"kind": ["edit", "steer"], "attribute": [0.5, 0.2], "kl": [0.1, 0.3]})
+    >>> frame["label"] = ["e", "s"]
+    >>> points(frame, ("edit", "steer"), "kl", sign=-1.0)
+    [Point(attribute=0.5, utility=-0.1, label='e'), Point(attribute=0.2, utility=-0.3, label='s')]
+    """
+    sub = frame[frame["kind"].isin((kind,) if isinstance(kind, str) else kind)]
     rows = zip(sub["attribute"], sub[utility], sub["label"], strict=True)
-    return [Point(float(a), float(u), str(lab)) for a, u, lab in rows]
+    return [Point(float(a), sign * float(u), str(lab)) for a, u, lab in rows]
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from s2e_lens.core.comparison import MATCH_AXES, Point, frontier_gap, frontier_gap_with_interval, sane
+from s2e_lens.core.comparison import MATCH_AXES, frontier_gap, frontier_gap_with_interval, points, sane
 from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled, rate_interval
 from s2e_lens.core.judges import NamedJudge, judged_records, verdicts_by_prompt
 from s2e_lens.core.run import save_table
@@ -314,15 +314,7 @@ def tune_gap(tune: pd.DataFrame, name: str, match: str = "utility") -> float:
         return np.nan
     key, sign, _ = MATCH_AXES[match]
     ok = sane(tune[tune["variant"].isin(["steering", name])])
-
-    def pts(kinds: tuple[str, ...]) -> list[Point]:
-        rows = ok[ok["kind"].isin(kinds)]
-        return [
-            Point(float(a), sign * float(u), str(lab))
-            for a, u, lab in zip(rows["attribute"], rows[key], rows["label"], strict=True)
-        ]
-
-    gap = frontier_gap(pts(("steer", "none")), pts(("edit",)), 101)
+    gap = frontier_gap(points(ok, ("steer", "none"), key, sign), points(ok, "edit", key, sign), 101)
     return np.nan if gap is None else gap.mean
 
 
