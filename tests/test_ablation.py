@@ -21,6 +21,14 @@ SHARED = Path(os.environ.get("S2E_DATA", Path(__file__).resolve().parents[2] / "
 runner = CliRunner()
 
 
+def _ablate(model: Path, out: Path, variants: str, sets: list[str]) -> None:
+    """``s2e ablate safety`` on ``model`` with the shared data, ``--set`` for each of ``sets``."""
+    args = ["ablate", "safety", "--model", str(model), "--out", str(out), "--data-dir", str(SHARED),
+            "--variants", variants, "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+
 def test_paper_score_interval_against_brute_force() -> None:
     """Attack prompts and utility items resampled independently: every one of the 3^3 x 2^2
     equally likely resamples enumerated, the interval's bounds are that distribution's quantiles."""
@@ -38,10 +46,7 @@ def test_ablate_builds_its_table_from_the_evaluated_rows(tiny_dirs: dict[str, Pa
     out = tmp_path / "abl"
     sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "gammas=0.5,1", "rho_attn=0.3,0.5", "rho_mlp=0",
             "alpha=0.5", "keep_edits=2", "max_kl=100", "check_answers=false", "max_degenerate=1"]  # fmt: skip
-    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
-            "--variants", "full,k=mu", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    _ablate(tiny_dirs["llama"], out, "full,k=mu", sets)
     import pandas as pd
 
     results = pd.read_json(out / "results.json")
@@ -117,10 +122,7 @@ def test_a_calibrated_ablation_meets_steering_at_the_same_kl(tiny_dirs: dict[str
     out = tmp_path / "cal"
     sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "rho_attn=0.3", "rho_mlp=0.3", "alpha=0.5",
             "keep_edits=4", "max_kl=100", "check_answers=false", "max_degenerate=1", "target_kl=0.02"]  # fmt: skip
-    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
-            "--variants", "full,relative", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    _ablate(tiny_dirs["llama"], out, "full,relative", sets)
     import pandas as pd
 
     results = pd.read_json(out / "results.json")
@@ -140,11 +142,7 @@ def test_the_calibrated_variants_meet_their_targets_beside_steerings_grid(
     out = tmp_path / "calvar"
     sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "gammas=1", "rho_attn=0.3", "rho_mlp=0.3", "alpha=0.5",
             "keep_edits=4", "max_kl=100", "check_answers=false", "max_degenerate=1"]  # fmt: skip
-    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
-            "--variants", "full,calibrated,calibrated-relative", "--json"]  # fmt: skip
-    args += [x for s in sets for x in ("--set", s)]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    _ablate(tiny_dirs["llama"], out, "full,calibrated,calibrated-relative", sets)
     import pandas as pd
 
     results = pd.read_json(out / "results.json")
@@ -164,10 +162,7 @@ def test_a_variant_whose_candidates_all_fail_the_screen(tiny_dirs: dict[str, Pat
     out = tmp_path / "none"
     sets = ["n_eval=3", "n_mc=1", "max_new_tokens=4", "gammas=1", "rho_attn=0.3", "rho_mlp=0", "alpha=0.5",
             "keep_edits=2", "max_kl=1e-12", "check_answers=false", "max_degenerate=1", "selection=heldout"]  # fmt: skip
-    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
-            "--variants", "full,dot", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    _ablate(tiny_dirs["llama"], out, "full,dot", sets)
     table = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
     assert table["g=dot"]["n_evaluated"] == 0 and table["g=dot"]["best"] is None
     assert "| g=dot | none: no candidate passed the KL screen |" in (out / "ablation.md").read_text()
@@ -215,10 +210,7 @@ def test_held_out_ablation_keeps_the_tune_split_and_its_gains(tiny_dirs: dict[st
     sets = ["n_eval=6", "n_mc=2", "max_new_tokens=4", "gammas=0.5,1,2,4", "rho_attn=0.1,0.2,0.3,0.5", "rho_mlp=0",
             "alpha=0.5", "keep_edits=4", "max_kl=100", "check_answers=false", "max_degenerate=1",
             "selection=heldout", f"judge={judge}:judge"]  # fmt: skip
-    args = ["ablate", "safety", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--data-dir", str(SHARED),
-            "--variants", "full,l2", "--json"] + [x for s in sets for x in ("--set", s)]  # fmt: skip
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    _ablate(tiny_dirs["llama"], out, "full,l2", sets)
     tune = pd.read_json(out / "tune_results.json")
     table = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}
     assert sorted(tune.loc[tune["kind"] == "steer", "gamma"]) == [0.5, 1.0, 2.0, 4.0]
