@@ -13,10 +13,11 @@ from conftest import tiny_set
 
 from s2e_lens.core.plan import EditPlan, PlanError, compute_plan_from_tensors
 from s2e_lens.core.settings import EditSettings, EditSettingsError
-from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.extraction import collect_input_means, collect_statistics
 from s2e_lens.engine.interventions import edited
 from s2e_lens.engine.planning import compute_plan, model_weights
 from s2e_lens.engine.sequential import sequential_plan
+from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loading import load_model
 
 SETTINGS = EditSettings(rho_attn=0.05, rho_mlp=0.05, alpha=0.1)
@@ -84,7 +85,73 @@ def test_sequential_layer_uses_its_input_in_the_edited_model(tiny_dirs: dict[str
     torch.testing.assert_close(plan.neuron_lambda[1], second.neuron_lambda[1], rtol=1e-5, atol=1e-6)
     # the edit moved layer 1's input, so the sequential plan differs from the plain one there
     assert not torch.allclose(after_first.mu_z[1], stats.mu_z[1])
-    assert plan.provenance["sequential"] == {"block_size": 1, "statistics_passes": 2}
+    assert plan.provenance["sequential"] == {"block_size": 1, "statistics_passes": 2, "max_pairs": None}
+
+
+def test_sequential_re_estimates_on_the_sampled_pairs(tiny_dirs: dict[str, Path]) -> None:
+    """With max_pairs, layer 1's inputs come from the statistics of the seeded sample of the
+    probe pairs (collected by hand on the model with layer 0 edited), not of the whole set."""
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    data = tiny_set(6)
+    stats = collect_statistics(model, data, progress=False)
+    plan = sequential_plan(model, data, stats, SETTINGS, block_size=1, max_pairs=3, seed=4, progress=False)
+    first = compute_plan(model, stats, replace(SETTINGS, layers=(0,)))
+    with edited(model, first):
+        on_sample = collect_statistics(model, data.sample(3, seed=4), progress=False)
+        on_all = collect_statistics(model, data, progress=False)
+    torch.testing.assert_close(plan.mu_z[1], on_sample.mu_z[1])
+    torch.testing.assert_close(plan.mu_post[1], on_sample.mu_post[1])
+    assert not torch.allclose(on_sample.mu_z[1], on_all.mu_z[1])  # the sample is not the whole set
+    torch.testing.assert_close(plan.mu_z[0], stats.mu_z[0])  # the first block: the unedited statistics
+    assert plan.provenance["sequential"]["max_pairs"] == 3
+    whole = sequential_plan(model, data, stats, SETTINGS, block_size=1, max_pairs=6, progress=False)
+    _equal(whole, sequential_plan(model, data, stats, SETTINGS, block_size=1, progress=False))
+    with pytest.raises(InvalidInputError, match="max_pairs must be >= 1"):
+        sequential_plan(model, data, stats, SETTINGS, max_pairs=0, progress=False)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt_neox"])
+def test_input_means_of_some_layers_equal_the_full_pass_and_skip_the_layers_above(
+    family: str, tiny_dirs: dict[str, Path]
+) -> None:
+    """The block pass of a sequential plan: its means equal the full statistics at the chosen
+    layers, and the decoder layers above the last chosen one never run (a forward pre-hook
+    on each counts its calls). gpt_neox has parallel attention and MLP; gemma3 3 layers."""
+    model = load_model(str(tiny_dirs[family]), progress=False)
+    data = tiny_set(5)
+    full = collect_statistics(model, data, batch_size=2, progress=False)
+    layers = model.hf_model.base_model.layers
+    calls = [0] * len(layers)
+    handles = [
+        layer.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, layer in enumerate(layers)
+    ]
+    try:
+        for chosen in ([0], [1, 0]):
+            calls[:] = [0] * len(layers)
+            means = collect_input_means(model, data, chosen, batch_size=2, progress=False)
+            assert means.layers == tuple(sorted(chosen))
+            torch.testing.assert_close(means.mu_z, full.mu_z[list(means.layers)], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(means.mu_post, full.mu_post[list(means.layers)], rtol=1e-6, atol=1e-7)
+            top = max(chosen)
+            assert calls[top] == 6 and all(c == 0 for c in calls[top + 1 :]), calls  # 3 batches per side
+    finally:
+        for h in handles:
+            h.remove()
+    for bad in ([], [len(layers)], [-1]):
+        with pytest.raises(InvalidInputError, match="layers must be a non-empty subset"):
+            collect_input_means(model, data, bad, progress=False)
+
+
+def test_a_sample_of_a_contrastive_set() -> None:
+    data = tiny_set(9)
+    sample = data.sample(4, seed=2)
+    assert len(sample.positive) == len(sample.negative) == 4
+    for part, whole in ((sample.positive, data.positive), (sample.negative, data.negative)):
+        where = [whole.index(p) for p in part]
+        assert where == sorted(where)  # a subset, in the set's order
+    assert sample == data.sample(4, seed=2) and sample.positive != data.sample(4, seed=3).positive
+    assert data.sample(9).positive == data.positive and data.sample(20).negative == data.negative
 
 
 def test_sequential_with_component_vectors_writes_every_edited_neuron(tiny_dirs: dict[str, Path]) -> None:

@@ -3,6 +3,7 @@ Their encoding into token ids lives with the tokenizer (:mod:`s2e_lens.models.to
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,27 @@ class ContrastiveSet:
             return tuple(out)
 
         return cls(norm(positive, "positive"), norm(negative, "negative"), dict(provenance or {}))
+
+    def sample(self, n: int, seed: int = 0) -> ContrastiveSet:
+        """At most ``n`` pairs of each side, drawn without replacement (a seeded draw, kept in
+        the set's order); a side with ``n`` pairs or fewer is kept whole.
+
+        >>> s = ContrastiveSet.from_pairs([("p", str(i)) for i in range(5)], [("q", "x")])
+        >>> [p.response for p in s.sample(3, seed=1).positive] == [p.response for p in s.sample(3, seed=1).positive]
+        True
+        >>> len(s.sample(3).positive), len(s.sample(3).negative)
+        (3, 1)
+        """
+        if n < 1:
+            raise ContrastiveSetError(f"n must be at least 1, got {n}")
+        rng = random.Random(seed)
+
+        def draw(side: tuple[Pair, ...]) -> tuple[Pair, ...]:
+            if len(side) <= n:
+                return side
+            return tuple(side[i] for i in sorted(rng.sample(range(len(side)), n)))
+
+        return ContrastiveSet(draw(self.positive), draw(self.negative), {**self.provenance, "sample": [n, seed]})
 
     def head(self, n: int) -> ContrastiveSet:
         """The first ``n`` pairs of each side (for quick looks and small CI runs)."""

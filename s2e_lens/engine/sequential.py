@@ -6,7 +6,9 @@ upstream layers are edited, the inputs of later heads and neurons move, so a pla
 prediction of its own shift no longer holds downstream. Here layer l's mu is its input in the
 model as edited so far. The steering vectors (the direction to move along) stay those of the
 unedited model: the behaviour's direction is a property of the model, not of the edit.
-Cost: one statistics pass per block of ``block_size`` layers (the first reuses ``stats``).
+Cost: one pass per block of ``block_size`` layers after the first (which reuses ``stats``);
+each pass hooks only its block's inputs and stops after the block's last layer, and
+``max_pairs`` caps the pairs per side it runs (a seeded sample, the same for every pass).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from s2e_lens.core.settings import EditSettings
 from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.engine import mapper
 from s2e_lens.engine.batching import BatchSize
-from s2e_lens.engine.extraction import collect_statistics
+from s2e_lens.engine.extraction import collect_input_means
 from s2e_lens.engine.planning import compute_plan, model_weights
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.identity import model_identity
@@ -37,6 +39,8 @@ def sequential_plan(
     settings: EditSettings,
     *,
     block_size: int = 4,
+    max_pairs: int | None = None,
+    seed: int = 0,
     batch_size: BatchSize = None,
     system: str | None = None,
     reference_strip: bool = False,
@@ -49,10 +53,14 @@ def sequential_plan(
     model's statistics of the same data, which give the steering vectors and the first block).
     ``settings.layers`` (if set) still limits which layers are edited. The model is left as
     it was. Give the same ``system``, ``reference_strip`` and ``positions`` that ``stats`` were
-    collected with. With ``block_size >= n_layers``, or when only one layer is edited, this is the
-    plain plan."""
+    collected with. ``max_pairs``: re-estimate each block's inputs on at most this many pairs
+    per side (``ContrastiveSet.sample(max_pairs, seed)``; None: all of ``data``). With
+    ``block_size >= n_layers``, or when only one layer is edited, this is the plain plan."""
     if block_size < 1:
         raise InvalidInputError(f"block_size must be >= 1, got {block_size}")
+    if max_pairs is not None and max_pairs < 1:
+        raise InvalidInputError(f"max_pairs must be >= 1 (or None: every pair), got {max_pairs}")
+    probe = data if max_pairs is None else data.sample(max_pairs, seed)
     if model.applied_plans:
         raise InvalidInputError("plan on the unedited model: revert the applied edits first")
     n_layers = model.card.n_layers
@@ -78,13 +86,16 @@ def sequential_plan(
         todo = [x for x in block if x in chosen]
         if not todo:
             continue
-        current = stats
+        # the other layers' inputs take no part (their importance is masked out): the block's own
+        # are re-estimated on the model edited so far
+        block_mu_z, block_mu_post = plain.mu_z.clone(), plain.mu_post.clone()
         if so_far is not None and (so_far.n_edited["heads"] or so_far.n_edited["neurons"]):
             applied = mapper.apply_plan(model, so_far)
             try:
-                current = collect_statistics(
+                means = collect_input_means(
                     model,
-                    data,
+                    probe,
+                    todo,
                     batch_size=batch_size,
                     system=system,
                     reference_strip=reference_strip,
@@ -94,13 +105,14 @@ def sequential_plan(
                 )
             finally:
                 applied.remove()
+            block_mu_z[todo], block_mu_post[todo] = means.mu_z, means.mu_post
             passes += 1
         part = compute_plan_from_tensors(
             *weights,
             v_attn,
             v_mlp,
-            current.mu_z,
-            current.mu_post,
+            block_mu_z,
+            block_mu_post,
             replace(settings, layers=tuple(todo)),
             dz=stats.positive.z - stats.negative.z,  # component-level directions: the unedited model's
             dpost=stats.positive.post - stats.negative.post,
@@ -121,7 +133,7 @@ def sequential_plan(
         )
     provenance: dict[str, Any] = {
         **plain.provenance,
-        "sequential": {"block_size": block_size, "statistics_passes": passes + 1},
+        "sequential": {"block_size": block_size, "statistics_passes": passes + 1, "max_pairs": max_pairs},
     }
     return replace(
         plain,

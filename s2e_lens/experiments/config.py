@@ -141,7 +141,8 @@ class RunConfig:
     n_gsm8k: int = 0  # also GSM8K accuracy by generation on this many problems
     reference_strip: bool = False  # reproduce the reference's .strip() of the probe prompts (a quirk)
     # the edit rule (EditSettings' variant fields; the defaults are the paper's) and how plans
-    # are made: layer-sequential in blocks of ``sequential`` layers (0: off); ``target_kl``
+    # are made: layer-sequential in blocks of ``sequential`` layers (0: off), each block's inputs
+    # re-estimated on at most ``sequential_pairs`` probe pairs per side (0: all); ``target_kl``
     # replaces the budget grid by calibration: one edit per (alpha, target), its budgets scaled
     # from the first rho_attn / rho_mlp, and one steering strength per target
     direction: str = "gradient"
@@ -151,6 +152,7 @@ class RunConfig:
     magnitude: str = "paper"
     vectors: str = "layer"
     sequential: int = 0
+    sequential_pairs: int = 128
     target_kl: tuple[float, ...] = ()
     # where the statistics average: response (the paper's), prompt_end (the last prompt_positions
     # prompt tokens; needs prompts that differ between the sets, e.g. probe "prompts"), or both
@@ -165,6 +167,14 @@ class RunConfig:
         grid(self.rho_attn, self.rho_mlp, self.alpha, **self.edit_variant())  # EditSettings checks each point
         if isinstance(self.sequential, bool) or not isinstance(self.sequential, int) or self.sequential < 0:
             raise InvalidInputError(f"sequential must be a block size >= 1 (or 0: off), got {self.sequential!r}")
+        if (
+            isinstance(self.sequential_pairs, bool)
+            or not isinstance(self.sequential_pairs, int)
+            or self.sequential_pairs < 0
+        ):
+            raise InvalidInputError(
+                f"sequential_pairs must be a number of pairs >= 1 (or 0: all), got {self.sequential_pairs!r}"
+            )
         bad_kl = [t for t in self.target_kl if not (math.isfinite(t) and t > 0)]
         if bad_kl:
             raise InvalidInputError(f"KL targets must be positive numbers, got {bad_kl}")

@@ -82,6 +82,8 @@ def run(
                 stats,
                 s,
                 block_size=config.sequential,
+                max_pairs=config.sequential_pairs or None,
+                seed=config.seed,
                 **config.statistics_options(model.device),
                 progress=False,
             )
