@@ -10,6 +10,7 @@ tensors, the gguf package's own reader), never from the code under test.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -242,11 +243,11 @@ def test_auto_batch_size_halves_on_out_of_memory(tiny_dirs: dict[str, Path], mon
     seen: list[int] = []
     stream = extraction._stream
 
-    def tight(model: LoadedModel, batches: list, on_batch: object) -> dict[str, torch.Tensor]:
+    def tight(model: LoadedModel, batches: list, on_batch: object, **options: Any) -> dict[str, torch.Tensor]:
         seen.append(max(b.input_ids.shape[0] for b in batches))
         if seen[-1] > 2:
             raise torch.OutOfMemoryError("pretend: too big")
-        return stream(model, batches, on_batch)  # type: ignore[arg-type]
+        return stream(model, batches, on_batch, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(extraction, "_stream", tight)
     auto = s2e.collect_statistics(model, data, batch_size="auto", progress=False)
