@@ -54,6 +54,12 @@ class SetMeans:
             setattr(self, name, stored(getattr(self, name)))
 
 
+def input_mean(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """A component's input mean ``mu``: the average of its positive and negative set means
+    (each as stored), whatever the sets' sizes."""
+    return 0.5 * (positive + negative)
+
+
 @dataclass
 class ContrastiveStatistics:
     positive: SetMeans
@@ -65,12 +71,12 @@ class ContrastiveStatistics:
     @property
     def mu_z(self) -> Float[torch.Tensor, "layer head d_head"]:
         """Input mean of each head: the average of the positive and negative means."""
-        return 0.5 * (self.positive.z + self.negative.z)
+        return input_mean(self.positive.z, self.negative.z)
 
     @property
     def mu_post(self) -> Float[torch.Tensor, "layer d_mlp"]:
         """Input mean of each neuron: the average of the positive and negative means."""
-        return 0.5 * (self.positive.post + self.negative.post)
+        return input_mean(self.positive.post, self.negative.post)
 
     # ----------------------------------------------------------------- files
 

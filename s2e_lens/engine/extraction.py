@@ -18,7 +18,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from s2e_lens.core.contrastive import ContrastiveSet
-from s2e_lens.core.statistics import ContrastiveStatistics, SetMeans, positions_rule
+from s2e_lens.core.statistics import ContrastiveStatistics, SetMeans, input_mean, positions_rule
 from s2e_lens.core.storage import accumulator_dtype, stored
 from s2e_lens.engine.batching import AUTO_START, BatchSize, largest_that_fits, resolve
 from s2e_lens.engine.hooks import Point, hook_name
@@ -61,13 +61,12 @@ def collect_statistics(
         model,
         encoded,
         STATISTICS,
-        None,
-        batch_size,
-        padding_side,
-        sort_by_length,
-        positions,
-        prompt_positions,
-        progress,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        sort_by_length=sort_by_length,
+        positions=positions,
+        prompt_positions=prompt_positions,
+        progress=progress,
     )
     means = {}
     for side, samples in encoded.items():
@@ -128,13 +127,20 @@ def collect_input_means(
         raise InvalidInputError(f"layers must be a non-empty subset of 0..{model.card.n_layers - 1}, got {layers!r}")
     encoded = _encode(model, data, system, reference_strip, positions, prompt_positions)
     sums = _side_sums(
-        model, encoded, ("z", "post"), chosen, batch_size, "right", True, positions, prompt_positions, progress
+        model,
+        encoded,
+        ("z", "post"),
+        layers=chosen,
+        batch_size=batch_size,
+        positions=positions,
+        prompt_positions=prompt_positions,
+        progress=progress,
     )
     rows = list(chosen)
 
-    def mean(kind: str) -> torch.Tensor:
-        n_pos, n_neg = len(encoded["positive"]), len(encoded["negative"])
-        return stored(0.5 * (sums["positive"][kind][rows] / n_pos + sums["negative"][kind][rows] / n_neg))
+    def mean(kind: str) -> torch.Tensor:  # each set's mean stored, then mu: as collect_statistics
+        pos, neg = (stored(sums[side][kind][rows] / len(encoded[side])) for side in ("positive", "negative"))
+        return input_mean(pos, neg)
 
     return InputMeans(chosen, mean("z"), mean("post"))
 
@@ -165,10 +171,11 @@ def _side_sums(
     model: LoadedModel,
     encoded: dict[str, list[EncodedSample]],
     kinds: Sequence[Point],
-    layers: Sequence[int] | None,
+    *,
+    layers: Sequence[int] | None = None,
     batch_size: BatchSize,
-    padding_side: Literal["left", "right"],
-    sort_by_length: bool,
+    padding_side: Literal["left", "right"] = "right",
+    sort_by_length: bool = True,
     positions: str,
     prompt_positions: int,
     progress: bool,
