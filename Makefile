@@ -1,24 +1,45 @@
 # Two commands on a fresh machine with Python 3.11:  make demo  |  make test
 # make demo: install, then the main job (s2e run safety) -> runs/demo/report.html
-# Installs come from requirements.lock (every package, exact version + sha256), so a fresh
-# clone gets exactly the versions the suite passed with.
-#   make lock         regenerate requirements.lock (uv, in its own .venv-tools)
+# make install: requirements.lock (every package but torch: exact version + sha256, for Linux,
+# macOS and Windows), then the torch build this machine needs (scripts/install_torch.py), then
+# the package itself. torch is chosen per machine, not locked:
+#   TORCH=auto     (default) Linux + NVIDIA GPU: PyPI's CUDA build; Linux without: the CPU
+#                  build from PyTorch's cpu index (PyPI's build if that cannot be reached);
+#                  macOS, Windows: PyPI's build (CPU; MPS on Apple silicon)
+#   TORCH=cpu | pypi | cu126 | cu128 | cu130 | rocm6.4 | xpu | keep (use the torch installed)
+#   TORCH_VERSION  the tested release (default); TORCH_INDEX a mirror of PyTorch's indexes
+# pip's own configuration (pip.conf, PIP_INDEX_URL, PIP_FIND_LINKS) applies to every install.
+#   make lock         regenerate requirements.lock (uv, in its own .venv-tools); lock-check:
+#                     regenerate it to a temporary file and compare byte for byte
 #   make test-latest  throwaway .venv-latest with the newest versions pyproject's ranges admit
+#   make test-oldest  throwaway .venv-oldest with the lowest versions pyproject's ranges admit
+#   make check-wheel  build wheel + sdist, install the wheel into a clean .venv-wheel, smoke-test
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 S2E    := $(VENV)/bin/s2e
-TORCH  := torch==2.13.0
+TORCH         ?= auto
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX   ?= https://download.pytorch.org/whl
+INSTALL_TORCH  = scripts/install_torch.py --torch $(TORCH) --version $(TORCH_VERSION) --index $(TORCH_INDEX)
 MODELS := smollm2-135m-instruct gemma-3-270m
 LOCK   := requirements.lock
-# make lock: uv resolves on PyPI plus the local torch CPU wheel in $(WHEELS) (torch pinned to
-# $(TORCH)+cpu, never a CUDA build); files uploaded after LOCK_CUTOFF are ignored, so the same
-# inputs give the same lock. Move the cutoff forward to take newer releases.
+# make lock: uv resolves on PyPI for every platform (--universal) with torch pinned to
+# TORCH_VERSION, so torch's own dependencies are pinned too; torch and the GPU stack it pulls
+# on Linux (triton, nvidia-*, cuda-*) are left out of the file (install_torch.py brings them).
+# Files uploaded after LOCK_CUTOFF are ignored and no uv configuration or UV_* variable of
+# the machine is read, so the same inputs give the same bytes. Move the cutoff to take newer
+# releases.
 UV_VERSION  := 0.13.9
 LOCK_CUTOFF ?= 2026-12-01T00:00:00Z
-WHEELS      ?= /opt/wheels
+LOCK_INDEX  := https://pypi.org/simple
 TOOLS  := .venv-tools
+UV     := env $$(env | sed -n 's/^\(UV_[A-Z_]*\)=.*/-u \1/p') $(TOOLS)/bin/uv
+UV_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --no-config \
+              --index-url $(LOCK_INDEX) --exclude-newer $(LOCK_CUTOFF)
 LATEST := .venv-latest
+OLDEST := .venv-oldest
+WHEEL_VENV := .venv-wheel
 # versions make test-latest prints
 SHOW   := torch transformers transformer-lens numpy pandas plotly kaleido safetensors typer \
           jaxtyping accelerate gguf tqdm circuitsvis tabulate pytest
@@ -34,19 +55,27 @@ export S2E_DATA
 # with a note. Without a browser, reports keep their interactive HTML figures.
 INSTALL_CHROMIUM ?= ask
 
-.PHONY: demo test lint coverage install models browser clean-cache lock test-latest
+.PHONY: demo test lint coverage install models browser clean-cache lock lock-check test-latest \
+        test-oldest check-wheel
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: an unpinned torch can pull a multi-GB CUDA build
-	$(PY) -m pip install -q $(TORCH)
 	touch $@
 
-# the lock, hash-checked, without resolving anything; then the package itself (no deps)
-$(VENV)/.installed: $(VENV)/.created pyproject.toml $(LOCK)
+# the lock, hash-checked, without resolving anything (it holds no torch)
+$(VENV)/.locked: $(VENV)/.created $(LOCK)
 	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	touch $@
+
+# then torch for this machine (the stamp names the choice: another TORCH= installs again)
+$(VENV)/.torch-$(TORCH)-$(TORCH_VERSION): $(VENV)/.locked
+	$(PY) $(INSTALL_TORCH)
+	rm -f $(VENV)/.torch-*; touch $@
+
+# then the package itself (no deps)
+$(VENV)/.installed: $(VENV)/.torch-$(TORCH)-$(TORCH_VERSION) pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -82,8 +111,8 @@ test: models browser
 
 # what CI runs before the tests: lint (ruff, with the formatter's check) and types (mypy)
 lint: install
-	$(VENV)/bin/ruff check s2e_lens tests
-	$(VENV)/bin/ruff format --check s2e_lens tests
+	$(VENV)/bin/ruff check s2e_lens tests scripts
+	$(VENV)/bin/ruff format --check s2e_lens tests scripts
 	$(VENV)/bin/mypy
 
 # the suite with line coverage of the package (term report; htmlcov/ for the details)
@@ -96,29 +125,56 @@ $(TOOLS)/.uv-$(UV_VERSION):
 	$(TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION)
 	touch $@
 
-# --upgrade: ignore the pins already in $(LOCK), so the lock depends only on pyproject.toml,
-# the torch pin and the cutoff
+# --upgrade: ignore the pins already in the output, so the lock depends only on pyproject.toml,
+# TORCH_VERSION and the cutoff. The first compile lists torch's GPU stack to leave out.
+LOCK_OUT ?= $(LOCK)
 lock: $(TOOLS)/.uv-$(UV_VERSION)
-	echo '$(TORCH)+cpu' | $(TOOLS)/bin/uv pip compile pyproject.toml - --extra test \
-	    --upgrade --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	    --find-links $(WHEELS) --emit-find-links --exclude-newer $(LOCK_CUTOFF) \
-	    --custom-compile-command 'make lock' -o $(LOCK)
+	@stack=$$(echo 'torch==$(TORCH_VERSION)' | $(UV_COMPILE) - --no-header --no-annotate \
+	    | sed -n -E 's/^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==.*/\1/p'); \
+	test -n "$$stack" || { echo "error: could not resolve torch==$(TORCH_VERSION) on $(LOCK_INDEX)"; exit 1; }; \
+	echo "lock: left out (installed per machine): $$(echo $$stack)"; \
+	echo 'torch==$(TORCH_VERSION)' | $(UV_COMPILE) pyproject.toml - --extra test --upgrade --generate-hashes \
+	    $$(for p in $$stack; do printf -- '--no-emit-package %s ' $$p; done) \
+	    --custom-compile-command 'make lock' -o $(LOCK_OUT)
 
-# eager: dependencies too (not just s2e-lens) go to the newest versions the ranges admit;
-# torch stays the pinned CPU build (pyproject caps it at the tested release). pip check runs
-# before the weight packages go in: they declare dependencies that models pull skips (--no-deps)
+# the committed lock is what make lock gives (byte for byte) and names no file, folder or index
+# of any machine (no option lines, no file: or path references)
+lock-check: $(TOOLS)/.uv-$(UV_VERSION)
+	@! grep -nE '^ *-|file:|(^| )/' $(LOCK) || { echo "error: $(LOCK) names a path or an option (above)"; exit 1; }
+	@$(MAKE) --no-print-directory lock LOCK_OUT=$(TOOLS)/lock-check.txt >/dev/null
+	@cmp $(LOCK) $(TOOLS)/lock-check.txt && echo "lock-check: $(LOCK) is what 'make lock' gives, byte for byte" \
+	    || { diff $(LOCK) $(TOOLS)/lock-check.txt | head -20; echo "error: $(LOCK) differs from 'make lock'; run make lock"; exit 1; }
+
+# eager: dependencies too (not just s2e-lens) go to the newest versions the ranges admit; torch
+# is TORCH_VERSION's build for this machine (set TORCH_VERSION to try a newer one). pip check
+# runs before the weight packages go in: they declare dependencies that models pull skips
 test-latest:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
-	$(LATEST)/bin/python -m pip install -q $(TORCH)
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST)/bin/python $(INSTALL_TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]' 'torch==$(TORCH_VERSION)'
 	$(LATEST)/bin/python -m pip check
 	@$(LATEST)/bin/python -c "import sys; from importlib.metadata import version; \
 	    [print(f'{p:18} {version(p)}') for p in sys.argv[1:]]" $(SHOW)
 	set -e; for m in $(MODELS); do $(LATEST)/bin/s2e models pull $$m; done
 	$(LATEST)/bin/python -m pytest -q -ra
+
+# the wheel a user installs: built from a clean tree, installed (not editable) into a clean venv
+# with plain pip resolving its declared dependencies (constrained to the locked versions), then
+# used from outside the checkout: doctor, models pull, extract custom + edit + export, and the
+# packaged templates and data
+check-wheel: install
+	rm -rf dist $(WHEEL_VENV)
+	$(PY) -m build -q --outdir dist . >/dev/null
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(WHEEL_VENV)/bin/python $(INSTALL_TORCH)
+	sed -n -E 's/^([A-Za-z0-9].*[^ \\]) ?\\?$$/\1/p' $(LOCK) > $(WHEEL_VENV)/constraints.txt
+	$(WHEEL_VENV)/bin/python -m pip install -q -c $(WHEEL_VENV)/constraints.txt dist/*.whl
+	$(WHEEL_VENV)/bin/python -m pip check
+	bash scripts/smoke_wheel.sh $(abspath $(WHEEL_VENV)) $(abspath dist) $(MODELS)
 
 clean-cache:
 	rm -rf $${S2E_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/s2e_lens}
