@@ -137,13 +137,25 @@ lock: $(TOOLS)/.uv-$(UV_VERSION)
 	    $$(for p in $$stack; do printf -- '--no-emit-package %s ' $$p; done) \
 	    --custom-compile-command 'make lock' -o $(LOCK_OUT)
 
-# the committed lock is what make lock gives (byte for byte) and names no file, folder or index
-# of any machine (no option lines, no file: or path references)
+# the committed lock is what make lock gives (byte for byte), names no file, folder or index of
+# any machine (no option lines, no file: or path references), resolves on each platform (a
+# dry-run install per platform: a file for every pin that applies), and every hash it pins is
+# a file that PyPI serves for that release (scripts/check_lock.py reads PyPI's JSON pages)
+LOCK_PLATFORMS := x86_64-manylinux_2_28:3.11 aarch64-manylinux_2_28:3.11 aarch64-apple-darwin:3.11 \
+                  x86_64-pc-windows-msvc:3.11 x86_64-manylinux_2_28:3.12
 lock-check: $(TOOLS)/.uv-$(UV_VERSION)
-	@! grep -nE '^ *-|file:|(^| )/' $(LOCK) || { echo "error: $(LOCK) names a path or an option (above)"; exit 1; }
+	@bad=$$(grep -vE '^ +--hash=sha256:' $(LOCK) | grep -nE '^ *-|file:|(^| )/' | head -5); \
+	test -z "$$bad" || { echo "$$bad"; echo "error: $(LOCK) names a path or a pip option (above)"; exit 1; }
 	@$(MAKE) --no-print-directory lock LOCK_OUT=$(TOOLS)/lock-check.txt >/dev/null
 	@cmp $(LOCK) $(TOOLS)/lock-check.txt && echo "lock-check: $(LOCK) is what 'make lock' gives, byte for byte" \
 	    || { diff $(LOCK) $(TOOLS)/lock-check.txt | head -20; echo "error: $(LOCK) differs from 'make lock'; run make lock"; exit 1; }
+	@set -e; for pv in $(LOCK_PLATFORMS); do \
+	    rm -rf $(TOOLS)/dry-run; \
+	    n=$$($(UV) pip install --no-config --index-url $(LOCK_INDEX) --dry-run --target $(TOOLS)/dry-run \
+	        --python-platform $${pv%:*} --python-version $${pv#*:} --require-hashes --no-deps -r $(LOCK) 2>&1 \
+	        | grep -c '^ + ') || { echo "error: $(LOCK) does not install on $$pv"; exit 1; }; \
+	    echo "lock-check: $$pv: a file for each of the $$n pins that apply there"; done
+	@$(TOOLS)/bin/python scripts/check_lock.py $(LOCK) --index $(LOCK_INDEX)
 
 # eager: dependencies too (not just s2e-lens) go to the newest versions the ranges admit; torch
 # is TORCH_VERSION's build for this machine (set TORCH_VERSION to try a newer one). pip check

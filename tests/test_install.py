@@ -3,6 +3,7 @@ caps) and the per-machine torch choice (scripts/install_torch.py)."""
 
 from __future__ import annotations
 
+import doctest
 import functools
 import importlib.util
 import re
@@ -22,14 +23,32 @@ PT = "https://download.pytorch.org/whl"
 
 
 @functools.cache
-def _install_torch() -> ModuleType:
-    """scripts/install_torch.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("install_torch", ROOT / "scripts" / "install_torch.py")
+def _script(name: str) -> ModuleType:
+    """scripts/NAME.py as a module (the scripts are not part of the package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _install_torch() -> ModuleType:
+    return _script("install_torch")
+
+
+@pytest.mark.parametrize("name", ["install_torch", "check_lock"])
+def test_script_examples(name: str) -> None:
+    failed, attempted = doctest.testmod(_script(name))
+    assert attempted > 0 and failed == 0
+
+
+def test_check_lock_reads_every_pin_with_its_hashes() -> None:
+    entries = _script("check_lock").pins(LOCK.read_text())
+    pins = _pins()
+    assert sorted((n, v) for n, v, _ in entries) == sorted((n, v) for n, vs in pins.items() for v, _ in vs)
+    hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", LOCK.read_text())
+    assert sum(len(h) for _, _, h in entries) == len(hashes)
 
 
 def _pins() -> dict[str, list[tuple[str, str]]]:
