@@ -4,10 +4,12 @@ boundary. Every test that touches disk hashes the whole tree before and after.""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -411,12 +413,18 @@ def test_7g_a_mistyped_local_path_is_not_blamed_on_the_hub(tmp_path: Path) -> No
 def test_7h_bad_settings_fail_before_the_model_loads(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], needle: str
 ) -> None:
+    import s2e_lens.experiments.ablation
+    import s2e_lens.experiments.pipelines
     import s2e_lens.models.loading
 
     def no_loading(*a: object, **k: object) -> None:
         raise AssertionError("the model was loaded before the settings were checked")
 
-    monkeypatch.setattr(s2e_lens.models.loading, "load_model", no_loading)
+    # every module that binds the name at import (imported above, so that none binds the stub
+    # for good and leaks it into later tests)
+    for module in (s2e_lens.models.loading, s2e_lens.experiments.pipelines, s2e_lens.experiments.ablation):
+        if hasattr(module, "load_model"):
+            monkeypatch.setattr(module, "load_model", no_loading)
     assert_one_line_error(invoke("edit", "statistics.safetensors", *args), needle)
     assert_one_line_error(invoke("sweep", "safety", "--rho-attn", "nan"), "rho_attn must be a finite number")
 
@@ -472,8 +480,8 @@ def test_8c_non_finite_gamma_is_refused(tiny: dict[str, object], gamma: float) -
 
 def _write_run_directory(target: str, overwrite: bool) -> None:
     """What RunResult.save and main_job do: build in a scratch directory, rename at the end."""
-    with files.atomic_directory(target, overwrite=overwrite) as scratch:
-        (scratch / "summary.json").write_text("{}")
+    with files.atomic_directory(target, overwrite=overwrite, record=files.RUN_RECORD) as scratch:
+        (scratch / files.RUN_RECORD).write_text("{}")
 
 
 def _writers(tiny: dict[str, object]) -> dict[str, Callable[[str, bool], object]]:
@@ -492,6 +500,7 @@ TARGETS = {  # name -> path, relative to the work directory
     "the input file": "plan.safetensors",
     "an existing file": "existing.safetensors",
     "an existing non-empty directory": "full",
+    "an earlier s2e output directory": "ours",
     "an unwritable place": str(UNWRITABLE),
 }
 
@@ -505,6 +514,9 @@ def test_every_write_succeeds_as_documented_or_changes_nothing(
     Path("existing.safetensors").write_text("mine")
     Path("full").mkdir()
     (Path("full") / "keep.txt").write_text("mine")
+    Path("ours").mkdir()
+    for record in (files.EXPORT_RECORD, files.RUN_RECORD):  # what an earlier export or run left
+        (Path("ours") / record).write_text("{}")
     home = workdir.parent
     before = tree_hash(home)
     is_dir_writer = writer in ("export", "run outputs")
@@ -517,7 +529,8 @@ def test_every_write_succeeds_as_documented_or_changes_nothing(
     documented = {
         "the input file": overwrite and not is_dir_writer,  # a library save replaces a file when told to
         "an existing file": overwrite and not is_dir_writer,
-        "an existing non-empty directory": overwrite and is_dir_writer,
+        "an existing non-empty directory": False,  # not made by s2e: never replaced, --overwrite or not
+        "an earlier s2e output directory": overwrite and is_dir_writer,
     }
     assert documented.get(target, False), f"{writer} wrote to {target} (overwrite={overwrite})"
     assert (home / "sibling.txt").read_text() == "mine"
@@ -581,3 +594,158 @@ def test_every_command_refuses_an_unwritable_output_in_one_line(workdir: Path, c
     before = tree_hash(workdir)
     assert_one_line_error(invoke(*args), "cannot")
     assert tree_hash(workdir) == before
+
+
+# --------------------------------------------- 9. round 2: concurrent and interrupted writes
+
+
+def test_9a_a_directory_that_appears_meanwhile_is_kept_not_replaced(tmp_path: Path) -> None:
+    """Two writers race for one --out without --overwrite: the one that finishes second must
+    neither replace the first one's output nor report success."""
+    target = tmp_path / "exported"
+    with pytest.raises(files.OutputError, match="appeared while this output was being written"):
+        with files.atomic_directory(target, record=files.EXPORT_RECORD) as scratch:
+            (scratch / files.EXPORT_RECORD).write_text("second")
+            target.mkdir()  # the other writer renames its complete output in first
+            (target / files.EXPORT_RECORD).write_text("first")
+    assert (target / files.EXPORT_RECORD).read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no scratch left
+
+
+def test_9b_two_concurrent_exports_to_one_out_leave_one_and_refuse_the_other(
+    workdir: Path, tiny: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both pass the existence check before either renames (the race seen with two shells)."""
+    import s2e_lens.models.export as export
+
+    real = export.atomic_directory
+    other_done = []
+
+    @contextlib.contextmanager
+    def racing(target: Path, **kwargs: object) -> Iterator[Path]:
+        with real(target, **kwargs) as scratch:  # type: ignore[arg-type]
+            yield scratch
+            if not other_done:  # the other process finishes first, while this one still writes
+                other_done.append(True)
+                export_model(tiny["model"], target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export, "atomic_directory", racing)
+    with pytest.raises(files.OutputError, match="appeared"):
+        export_model(tiny["model"], "cexp")  # type: ignore[arg-type]
+    assert (Path("cexp") / files.EXPORT_RECORD).is_file() and (Path("cexp") / "config.json").is_file()
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".")] == []
+
+
+def test_9c_a_home_directory_is_never_replaced_even_with_overwrite(
+    tmp_path: Path, tiny: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from outside the home directory (so the current-directory rule does not apply)."""
+    home = tmp_path / "someone"
+    (home / "thesis").mkdir(parents=True)
+    (home / "thesis" / "chapter1.tex").write_text("mine")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tiny["plan"].save(elsewhere / "plan")  # type: ignore[attr-defined]
+    monkeypatch.chdir(elsewhere)
+    before = tree_hash(home)
+    for out in ("~", str(home)):
+        result = invoke("export", "plan.safetensors", "--out", out, "--overwrite", env={"HOME": str(home)})
+        assert_one_line_error(result, "not made by s2e", files.EXPORT_RECORD)
+    assert tree_hash(home) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["edit", "statistics.safetensors", "--out", "~nosuchuser-s2e/plan"],
+        ["export", "plan.safetensors", "--out", "~nosuchuser-s2e/model"],
+        ["extract", "custom", "--data", "rows.jsonl", "--out", "~nosuchuser-s2e"],
+        ["extract", "custom", "--data", "~nosuchuser-s2e/rows.jsonl", "--out", "stats"],
+    ],
+)
+def test_9d_a_home_path_that_cannot_be_expanded_is_one_line(workdir: Path, args: list[str]) -> None:
+    Path("rows.jsonl").write_text('{"prompt": "a", "response": "b", "label": "pos"}\n')
+    before = tree_hash(workdir.parent)
+    assert_one_line_error(invoke(*args), "cannot expand '~nosuchuser-s2e'", "there is no user")
+    assert tree_hash(workdir.parent) == before
+
+
+def test_9e_tilde_without_home_is_one_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+    assert_one_line_error(invoke("export", "plan.safetensors", "--out", "~/model"), "cannot expand '~'")
+
+
+def test_9f_a_signal_while_a_set_of_files_is_renamed_leaves_all_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM arriving between the renames of a set (statistics.json renamed, statistics.safetensors
+    not yet) must wait until the set is complete; the command then ends as terminated."""
+    files.terminate_gracefully()
+    try:
+        real_replace = os.replace
+        calls = []
+
+        def replace_then_signal(src: str, dst: str | Path) -> None:
+            real_replace(src, dst)
+            calls.append(dst)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered now unless held
+
+        monkeypatch.setattr(files.os, "replace", replace_then_signal)
+        contents: dict[Path, str | bytes] = {tmp_path / f"part{i}": f"{i}" for i in range(4)}
+        with pytest.raises(files.Terminated):
+            files.write_all(contents)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["part0", "part1", "part2", "part3"]
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_9g_extract_writes_statistics_and_vectors_as_one_output(
+    workdir: Path, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure while the second object's files are written leaves none of the four."""
+    Path("rows.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "response": f"r{i}", "label": "pos" if i % 2 else "neg"}) + "\n"
+            for i in range(6)
+        )
+    )
+    real_fsync = os.fsync
+    synced = []
+
+    def fsync_then_fail(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(fd)
+        if len(synced) == 3:  # statistics (2 files) synced, the vectors' first file too
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", fsync_then_fail)
+    result = invoke("extract", "custom", "--model", str(tiny_dirs["llama"]), "--data", "rows.jsonl", "--out", "out")
+    assert_one_line_error(result, "no space left on device", "nothing was written")
+    assert not Path("out").exists() or list(Path("out").iterdir()) == []
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    ok = invoke("extract", "custom", "--model", str(tiny_dirs["llama"]), "--data", "rows.jsonl", "--out", "out")
+    assert ok.exit_code == 0, ok.output  # a rerun needs no --overwrite: nothing complete was there
+    assert sorted(p.name for p in Path("out").iterdir()) == [
+        "statistics.json",
+        "statistics.safetensors",
+        "steering_vectors.json",
+        "steering_vectors.safetensors",
+    ]
+
+
+def test_9h_a_full_disk_during_export_is_one_line(
+    workdir: Path, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors reports a full disk with its own error type, not an OSError."""
+    from safetensors import SafetensorError
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, message: No space left on device })")
+
+    monkeypatch.setattr("transformers.modeling_utils.safe_save_file", full)
+    before = tree_hash(workdir.parent)
+    result = invoke("export", "plan.safetensors", "--model", str(tiny_dirs["llama"]), "--out", "out")
+    assert_one_line_error(result, "no space left on device", "MiB free")
+    assert tree_hash(workdir.parent) == before

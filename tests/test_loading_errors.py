@@ -99,10 +99,10 @@ def test_atomic_directory_leaves_nothing_behind_on_failure(tmp_path: Path) -> No
     target.mkdir()
     (target / "old").write_text("kept")
     with pytest.raises(RuntimeError):
-        with atomic_directory(target, overwrite=True) as scratch:
+        with atomic_directory(target, overwrite=True, record=None) as scratch:
             (scratch / "half").write_text("x")
             raise RuntimeError("interrupted")
     assert _listing(tmp_path) == ["ckpt", "ckpt/old"]
-    with atomic_directory(target, overwrite=True) as scratch:
+    with atomic_directory(target, overwrite=True, record=None) as scratch:
         (scratch / "new").write_text("y")
     assert _listing(tmp_path) == ["ckpt", "ckpt/new"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from s2e_lens.core.items import MathItem, MultipleChoice, TruthfulQAItem
 from s2e_lens.errors import DataFormatError, S2EError
+from s2e_lens.io.files import expand_user
 
 DATA_ENV = "S2E_DATA"
 
@@ -34,7 +35,7 @@ def data_dir(directory: str | Path | None = None) -> Path:
             f"no evaluation-data folder: set {DATA_ENV}=/path/to/data (the folder with "
             "truthfulqa_train.jsonl, hellaswag_val_2k.jsonl, ...) or pass --data-dir (data_dir=...)"
         )
-    path = Path(chosen).expanduser()
+    path = expand_user(chosen)
     if not path.is_dir():
         raise DataDirError(f"{origin} points at {path}, which is not a directory")
     return path

@@ -28,7 +28,7 @@ from s2e_lens.cli.app import (
     placement,
 )
 from s2e_lens.errors import InvalidInputError
-from s2e_lens.io.files import OutputError, check_output
+from s2e_lens.io.files import EXPORT_RECORD, OutputError, check_output, expand_user, write_all
 from s2e_lens.models.registry import DEFAULT_MODEL
 
 
@@ -76,7 +76,7 @@ def extract_cmd(
     if behaviour not in names():
         raise InvalidInputError(f"unknown behaviour {behaviour!r}: use {', '.join(names())} (custom with --data)")
     where = placement(dtype, device, device_map)
-    folder = Path(out)
+    folder = expand_user(out)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"--out {out} is a file; give a directory for the statistics and vectors")
     inputs = (data,) if data else ()
@@ -121,10 +121,10 @@ def extract_cmd(
         progress=not as_json,
     )
     vectors = SteeringVectors.from_statistics(stats)
-    written = [
-        stats.save(folder / "statistics", overwrite=overwrite),
-        vectors.save(folder / "steering_vectors", overwrite=overwrite),
-    ]
+    # statistics and vectors (four files) as one output: all of them or none, signals included
+    outputs = {**stats.encode(folder / "statistics"), **vectors.encode(folder / "steering_vectors")}
+    write_all(outputs, overwrite=overwrite)
+    written = [p for p in outputs if p.suffix == ".safetensors"]
     norms = vectors.norms()
     files = [str(p) for p in written]
     attn_norms = [round(float(x), 4) for x in norms["attn"]]
@@ -249,7 +249,9 @@ def edit_cmd(
     if out:
         check_save_target(out, overwrite=overwrite, inputs=(source,))
     if export:
-        check_output(export, kind="dir", overwrite=overwrite, inputs=(source,), what="export directory")
+        check_output(
+            export, kind="dir", overwrite=overwrite, inputs=(source,), what="export directory", record=EXPORT_RECORD
+        )
     if kind == "contrastive_statistics":
         stats = ContrastiveStatistics.load(source)
         model = load_model(model_name, progress=False, **where)
@@ -365,7 +367,7 @@ def export_cmd(
     from s2e_lens.models.loading import load_model
 
     where = placement(dtype, device, device_map)
-    check_output(out, kind="dir", overwrite=overwrite, inputs=(plan,), what="export directory")
+    check_output(out, kind="dir", overwrite=overwrite, inputs=(plan,), what="export directory", record=EXPORT_RECORD)
     p = EditPlan.load(plan)
     model = load_model(model_name, progress=False, **where)
     apply_plan(model, p, force=force)

@@ -43,7 +43,7 @@ from s2e_lens.cli.app import (
 )
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.experiments.config import RunConfig, config_overrides
-from s2e_lens.io.files import check_output
+from s2e_lens.io.files import ABLATION_RECORD, RUN_RECORD, check_output
 from s2e_lens.models.registry import DEFAULT_MODEL
 
 DEFAULTS = RunConfig()  # the one source of a run's defaults
@@ -210,7 +210,7 @@ def sweep_cmd(
         )
     )
     check_data_dir(data_dir)
-    check_output(out, kind="dir", overwrite=overwrite, what="sweep directory")
+    check_output(out, kind="dir", overwrite=overwrite, what="sweep directory", record=RUN_RECORD)
     result = run(config, progress=not as_json)
     path = result.save(out, overwrite=overwrite)
     if as_json:
@@ -496,7 +496,7 @@ def _rescore_ablation(run_dir: str, judge: Any, *, out: str | None, overwrite: b
     from s2e_lens.experiments.ablation import Ablation
 
     if out is not None:
-        check_output(out, kind="dir", overwrite=overwrite, what="ablation directory")
+        check_output(out, kind="dir", overwrite=overwrite, what="ablation directory", record=ABLATION_RECORD)
     rejudged = Ablation.load(run_dir).rejudged(judge)
     attacks = rejudged.config["attacks"][0]
     names = tuple(dict.fromkeys([judge.name, "paper", "strict"]))
@@ -563,7 +563,7 @@ def ablate_cmd(
     overrides = config_overrides(set_ or [])
     config = RunConfig.preset(behaviour, preset, protocol=protocol, model=model_name, data_dir=data_dir, **overrides)
     check_data_dir(data_dir)
-    check_output(out, kind="dir", overwrite=overwrite, what="ablation directory")
+    check_output(out, kind="dir", overwrite=overwrite, what="ablation directory", record=ABLATION_RECORD)
     started = time.perf_counter()
     result = ablate(config, names, progress=not as_json)
     path = result.save(out, overwrite=overwrite)

@@ -12,11 +12,11 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from s2e_lens.core import metrics
 from s2e_lens.errors import InvalidInputError
+from s2e_lens.io.files import expand_user
 
 # The reference implementation's refusal signals (Trustworthy-ML-Lab/Steer2Edit,
 # safety_alignment/utils.py, REFUSAL_SIGNAL), in its order: a response is a refusal if any of
@@ -123,7 +123,7 @@ def load_judge(spec: str) -> NamedJudge:
 
 def _import(where: str, spec: str) -> object:
     if where.endswith(".py"):
-        path = Path(where).expanduser()
+        path = expand_user(where)
         if not path.is_file():
             raise InvalidInputError(f"judge {spec!r}: no such file {where}")
         name = f"s2e_user_judge_{abs(hash(path.resolve()))}"

@@ -181,7 +181,7 @@ class Run:
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Write the run directory as one output: built in a scratch directory beside ``out``
         and renamed into place when complete (a non-empty ``out`` needs ``overwrite``)."""
-        with files.atomic_directory(out, overwrite=overwrite) as scratch:
+        with files.atomic_directory(out, overwrite=overwrite, record=files.RUN_RECORD) as scratch:
             self.write_into(scratch)
         return Path(out)
 
@@ -207,7 +207,7 @@ class Run:
         if self.generations:
             lines = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in self.generations)
             files.write_text(out / "generations.jsonl", lines, overwrite=False)
-        files.write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n", overwrite=False)
+        files.write_text(out / files.RUN_RECORD, json.dumps(summary, indent=2, default=str) + "\n", overwrite=False)
 
     @classmethod
     def load(cls, out: str | Path) -> Run:

@@ -83,6 +83,14 @@ class ContrastiveStatistics:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Safetensors + JSON (model identity, provenance, positions rule, set sizes); an
         existing file is replaced only with ``overwrite``."""
+        from s2e_lens.io import files, serialization
+
+        st_path, _ = serialization.check_save_target(path, overwrite=overwrite)
+        files.write_all(self.encode(path), overwrite=overwrite)
+        return st_path
+
+    def encode(self, path: str | Path) -> dict[Path, str | bytes]:
+        """The files :meth:`save` writes, as bytes (to write with others as one output)."""
         from s2e_lens.io import serialization
 
         tensors = {
@@ -99,7 +107,7 @@ class ContrastiveStatistics:
                 for side in ("positive", "negative")
             },
         }
-        return serialization.save(path, tensors, kind="contrastive_statistics", metadata=meta, overwrite=overwrite)
+        return serialization.encode(path, tensors, kind="contrastive_statistics", metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> ContrastiveStatistics:

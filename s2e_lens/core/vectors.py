@@ -87,13 +87,21 @@ class SteeringVectors:
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Safetensors + JSON; an existing file is replaced only with ``overwrite``."""
+        from s2e_lens.io import files
+
+        st_path, _ = serialization.check_save_target(path, overwrite=overwrite)
+        files.write_all(self.encode(path), overwrite=overwrite)
+        return st_path
+
+    def encode(self, path: str | Path) -> dict[Path, str | bytes]:
+        """The files :meth:`save` writes, as bytes (to write with others as one output)."""
         tensors = {"v_attn": self.v_attn, "v_mlp": self.v_mlp}
         if self.v_head is not None:
             tensors["v_head"] = self.v_head
         if self.v_neuron is not None:
             tensors["v_neuron"] = self.v_neuron
         meta = {"model": self.model, "provenance": self.provenance, "positions": self.positions}
-        return serialization.save(path, tensors, kind="steering_vectors", metadata=meta, overwrite=overwrite)
+        return serialization.encode(path, tensors, kind="steering_vectors", metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVectors:

@@ -119,7 +119,7 @@ class Ablation:
         import json
 
         out = Path(out)
-        with files.atomic_directory(out, overwrite=overwrite) as scratch:
+        with files.atomic_directory(out, overwrite=overwrite, record=files.ABLATION_RECORD) as scratch:
             save_table(self.table, scratch / "ablation")
             save_table(self.results, scratch / "results")
             if not self.tune_results.empty:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from s2e_lens.core.comparison import DEGENERATE_LIMIT
 from s2e_lens.errors import InvalidInputError
+from s2e_lens.io.files import expand_user
 
 if TYPE_CHECKING:
     import torch
@@ -263,9 +264,7 @@ class RunConfig:
         from s2e_lens.behaviours.safety import PROBES, read_prompt_list
 
         if self.probe not in PROBES:
-            from pathlib import Path
-
-            if not Path(self.probe).expanduser().is_file():
+            if not expand_user(self.probe).is_file():
                 raise InvalidInputError(
                     f"probe {self.probe!r}: use teacher-forced, own, or a JSONL file of prompt, response, label rows"
                 )

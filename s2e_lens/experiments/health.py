@@ -35,7 +35,10 @@ from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import encode_prompt, has_chat_template
 
 STACK_PACKAGES = ("torch", "transformers", "transformer-lens", "s2e-lens")
-REINSTALL = "reinstall the locked versions: 'make install' (or pip install -r requirements.lock)"
+REINSTALL = (
+    "reinstall the locked versions: 'make install' (or pip install --require-hashes --no-deps -r "
+    "requirements.lock, then torch as the README's install section says)"
+)
 
 
 class StackBrokenError(S2EError):

@@ -325,7 +325,9 @@ def main_job(config: RunConfig, out: str | Path, *, progress: bool = True, overw
     from s2e_lens.reporting import report
 
     out = Path(out)
-    files.check_output(out, kind="dir", overwrite=overwrite, what="run directory")  # before any work
+    files.check_output(
+        out, kind="dir", overwrite=overwrite, what="run directory", record=files.RUN_RECORD
+    )  # before any work
     started = time.perf_counter()
     model = load_model(config.model, progress=progress, **config.placement())
     loading = round(time.perf_counter() - started, 1)
@@ -334,7 +336,7 @@ def main_job(config: RunConfig, out: str | Path, *, progress: bool = True, overw
     started = time.perf_counter()
     result.examples = example_generations(result, model)
     result.timings["examples"] = round(time.perf_counter() - started, 1)
-    with files.atomic_directory(out, overwrite=overwrite) as scratch:
+    with files.atomic_directory(out, overwrite=overwrite, record=files.RUN_RECORD) as scratch:
         result.write_into(scratch)
         started = time.perf_counter()
         report.build(scratch, run=result, model=model)

