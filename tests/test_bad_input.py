@@ -749,3 +749,31 @@ def test_9h_a_full_disk_during_export_is_one_line(
     result = invoke("export", "plan.safetensors", "--model", str(tiny_dirs["llama"]), "--out", "out")
     assert_one_line_error(result, "no space left on device", "MiB free")
     assert tree_hash(workdir.parent) == before
+
+
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        ("n_eval=-3", "n_eval must be a whole number >= 1, got -3"),
+        ("temperature=nan", "temperature must be a finite number >= 0"),
+        ("max_kl=nan", "max_kl must be a finite number > 0"),
+        ("keep_edits=0", "keep_edits must be a whole number >= 1, got 0"),
+        ("top_p=0", "top_p must be a number > 0 and <= 1"),
+        ("n_mc=0", "n_mc must be a whole number >= 1"),
+    ],
+)
+def test_9i_every_run_setting_is_range_checked_before_the_model_loads(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, setting: str, needle: str
+) -> None:
+    import s2e_lens.experiments.ablation
+    import s2e_lens.experiments.pipelines
+    import s2e_lens.models.loading
+
+    def no_loading(*a: object, **k: object) -> None:
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    for module in (s2e_lens.models.loading, s2e_lens.experiments.pipelines, s2e_lens.experiments.ablation):
+        monkeypatch.setattr(module, "load_model", no_loading)
+    for command in ("sweep", "run"):
+        assert_one_line_error(invoke(command, "safety", "--set", setting, "--out", "r"), needle)
+    assert not Path("r").exists()

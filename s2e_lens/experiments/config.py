@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import types
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from s2e_lens.core.comparison import DEGENERATE_LIMIT
@@ -90,6 +90,52 @@ def evaluated_behaviour(name: str) -> None:
         raise InvalidInputError(f"behaviour must be one of {', '.join(runnable)}, got {name!r}")
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting admits: declared with the field (``metadata=at_least(1)``)
+    and checked for every field that has one when a :class:`RunConfig` is made, before any
+    model loads. NaN and infinities never pass; an integer setting takes whole numbers only."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded
+    integer: bool = False
+    optional: bool = False  # None allowed (it means "the default of something else")
+
+    def check(self, name: str, value: object) -> None:
+        if value is None and self.optional:
+            return
+        kind = "a whole number" if self.integer else "a number"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (self.integer and not isinstance(value, int))
+        ):
+            raise InvalidInputError(f"{name} must be {kind}{self.describe()}, got {value!r}")
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{name} must be a finite number{self.describe()}, got {value!r}")
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        if too_low or (self.high is not None and value > self.high):
+            raise InvalidInputError(f"{name} must be {kind}{self.describe()}, got {value!r}")
+
+    def describe(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = None if self.high is None else f"<= {self.high:g}"
+        return " " + " and ".join(x for x in (low, high) if x) if (low or high) else ""
+
+
+def at_least(low: float, *, integer: bool = True, optional: bool = False) -> dict[str, Range]:
+    return {"range": Range(low=low, integer=integer, optional=optional)}
+
+
+def between(low: float, high: float, *, low_open: bool = False) -> dict[str, Range]:
+    return {"range": Range(low=low, high=high, low_open=low_open)}
+
+
+FINITE = {"range": Range()}
+POSITIVE = {"range": Range(low=0.0, low_open=True)}
+
+
 @dataclass
 class RunConfig:
     """Knobs of a run. The defaults fit in minutes on a 2-core CPU for a 135M model."""
@@ -100,30 +146,36 @@ class RunConfig:
     rho_attn: tuple[float, ...] = (0.08, 0.1, 0.12, 0.15, 0.2, 0.3)
     rho_mlp: tuple[float, ...] = (0.0, 1.0)
     alpha: tuple[float, ...] = (0.5, 0.7, 0.8)
-    keep_edits: int = 7  # Steer2Edit candidates evaluated after pruning
-    max_kl: float = 0.5  # pruning: candidates that move benign next-token distributions more are dropped
+    keep_edits: int = field(default=7, metadata=at_least(1))  # Steer2Edit candidates evaluated after pruning
+    max_kl: float = field(
+        default=0.5, metadata=POSITIVE
+    )  # pruning: candidates that move benign next-token distributions more are dropped
     baselines: bool = True  # also evaluate weight orthogonalisation and an ITI-style top-K-heads shift
-    iti_k: int = 8
-    iti_gamma: float = 2.0
-    n_eval: int = 40  # held-out prompts (or questions) per evaluation set
-    n_mc: int = 20  # multiple-choice items per utility set (ARC-Easy, PIQA, HellaSwag)
-    max_new_tokens: int = 32
+    iti_k: int = field(default=8, metadata=at_least(1))
+    iti_gamma: float = field(default=2.0, metadata=FINITE)
+    n_eval: int = field(default=40, metadata=at_least(1))  # held-out prompts (or questions) per evaluation set
+    n_mc: int = field(
+        default=20, metadata=at_least(1)
+    )  # multiple-choice items per utility set (ARC-Easy, PIQA, HellaSwag)
+    max_new_tokens: int = field(default=32, metadata=at_least(1))
     batch_size: int | str | None = None  # statistics: see statistics_batch_size()
     # where the model runs (load_model's dtype, device, device_map, as text: see placement())
     dtype: str = "float32"
     device: str | None = None  # None: the CPU (or wherever device_map puts each module)
     device_map: str | None = None
     data_dir: str | None = None
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
     # before any evaluation, the unedited model must decode the same with and without its KV
     # cache (always) and answer known questions sanely (this flag; off for models that cannot)
     check_answers: bool = True
     # interventions with more than this share of degenerate generations are excluded
-    max_degenerate: float = DEGENERATE_LIMIT
+    max_degenerate: float = field(default=DEGENERATE_LIMIT, metadata=between(0.0, 1.0))
     # how generated attributes are measured (safety): decoding, judge, attack sets
-    samples: int = 1  # completions per prompt (more than 1 needs temperature > 0)
-    temperature: float | None = 0.0  # 0 = greedy; None = the model's generation config (with top_p)
-    top_p: float = 1.0
+    samples: int = field(default=1, metadata=at_least(1))  # completions per prompt (more than 1 needs temperature > 0)
+    temperature: float | None = field(
+        default=0.0, metadata=at_least(0.0, integer=False, optional=True)
+    )  # 0 = greedy; None = the model's generation config (with top_p)
+    top_p: float = field(default=1.0, metadata=between(0.0, 1.0, low_open=True))
     judge: str = "strict"  # paper | strict | MODULE:function | path/to/file.py:function
     attacks: tuple[str, ...] = ("plain",)  # advllm | plain | FILE.jsonl/.csv; the first is the attribute
     prompt_field: str = "prompt"  # the prompt's field (column) in your own attack files
@@ -139,7 +191,7 @@ class RunConfig:
     # on the test split)
     selection: str = "screen"
     utility: str = "loglik"  # loglik (multiple choice by log-likelihood) or generated (by generated letter)
-    n_gsm8k: int = 0  # also GSM8K accuracy by generation on this many problems
+    n_gsm8k: int = field(default=0, metadata=at_least(0))  # also GSM8K accuracy by generation on this many problems
     reference_strip: bool = False  # reproduce the reference's .strip() of the probe prompts (a quirk)
     # the edit rule (EditSettings' variant fields; the defaults are the paper's) and how plans
     # are made: layer-sequential in blocks of ``sequential`` layers (0: off), each block's inputs
@@ -149,20 +201,26 @@ class RunConfig:
     direction: str = "gradient"
     importance: str = "cosine"
     edit_selection: str = "elastic_net"
-    top_k: int = 0  # edit_selection top_k: components kept per block type switched on
+    top_k: int = field(
+        default=0, metadata=at_least(0)
+    )  # edit_selection top_k: components kept per block type switched on
     magnitude: str = "paper"
     vectors: str = "layer"
-    sequential: int = 0
-    sequential_pairs: int = 128
+    sequential: int = field(default=0, metadata=at_least(0))
+    sequential_pairs: int = field(default=128, metadata=at_least(0))
     target_kl: tuple[float, ...] = ()
     # where the statistics average: response (the paper's), prompt_end (the last prompt_positions
     # prompt tokens; needs prompts that differ between the sets, e.g. probe "prompts"), or both
     positions: str = "response"
-    prompt_positions: int = 4
+    prompt_positions: int = field(default=4, metadata=at_least(1))
 
     def __post_init__(self) -> None:
         """Bad settings are refused here, before any model is loaded."""
         from s2e_lens.engine.interventions import grid
+
+        for f in fields(self):
+            if "range" in f.metadata:
+                f.metadata["range"].check(f.name, getattr(self, f.name))
 
         evaluated_behaviour(self.behaviour)
         grid(self.rho_attn, self.rho_mlp, self.alpha, **self.edit_variant())  # EditSettings checks each point
