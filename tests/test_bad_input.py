@@ -777,3 +777,26 @@ def test_9i_every_run_setting_is_range_checked_before_the_model_loads(
     for command in ("sweep", "run"):
         assert_one_line_error(invoke(command, "safety", "--set", setting, "--out", "r"), needle)
     assert not Path("r").exists()
+
+
+@pytest.mark.parametrize("header", ["as written", "from before dtypes were recorded"])
+def test_9j_a_plan_whose_lambdas_were_stored_as_bool_is_refused(workdir: Path, header: str) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open("plan.safetensors", framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    assert json.loads(meta["s2e"])["dtypes"]["head_lambda"] == "float32"
+    if header != "as written":
+        doc = json.loads(meta["s2e"])
+        del doc["dtypes"]
+        meta = {"s2e": json.dumps(doc)}
+    tensors["head_lambda"] = tensors["head_lambda"] != 0  # signs and sizes lost
+    save_file(tensors, "plan.safetensors", metadata=meta)
+    before = tree_hash(workdir.parent)
+    for command in (["export", "plan.safetensors", "--out", "exported"], ["edit", "plan.safetensors"]):
+        assert_one_line_error(invoke(*command), "head_lambda", "bool")
+    with pytest.raises(serialization.FileFormatError, match="changed after"):
+        EditPlan.load("plan.safetensors")
+    assert tree_hash(workdir.parent) == before

@@ -252,6 +252,15 @@ class EditPlan:
         if missing:
             raise serialization.FileFormatError(f"{path}: edit plan lacks tensors {missing}")
         serialization.require(meta, ("settings", "model", "provenance", "variant"), serialization.paths(path)[0])
+        not_float = [
+            n for n in (*TENSOR_FIELDS, "head_u", "neuron_u") if n in tensors and not tensors[n].is_floating_point()
+        ]
+        if not_float or ("neuron_u_index" in tensors and tensors["neuron_u_index"].is_floating_point()):
+            raise serialization.FileFormatError(
+                f"{path}: the plan's tensors {not_float or ['neuron_u_index']} have the wrong dtype "
+                f"({', '.join(serialization.dtype_name(tensors[n]) for n in not_float or ['neuron_u_index'])}); "
+                "the file was changed after s2e_lens wrote it. Recompute the plan"
+            )
         try:
             settings = EditSettings(**meta["settings"])
         except (TypeError, S2EError) as err:

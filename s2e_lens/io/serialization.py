@@ -60,7 +60,15 @@ def encode(
     bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise FileFormatError(f"refusing to save {kind} with NaN or infinite values in {bad}")
-    doc = {"kind": kind, "format_version": FORMAT_VERSION, "s2e_lens_version": __version__, **metadata}
+    doc = {
+        "kind": kind,
+        "format_version": FORMAT_VERSION,
+        "s2e_lens_version": __version__,
+        # the dtype each tensor was written with: a file changed afterwards (lambdas stored as
+        # bool, say) is refused on load instead of being cast back silently
+        "dtypes": {name: dtype_name(t) for name, t in sorted(tensors.items())},
+        **metadata,
+    }
     text = json.dumps(doc, indent=2, sort_keys=True, default=_json_default)
     blob = _save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, {"s2e": text})
     return {st_path: blob, json_path: text + "\n"}
@@ -81,6 +89,31 @@ def save(
     st_path, _ = check_save_target(path, overwrite=overwrite)
     write_all(encode(path, tensors, kind=kind, metadata=metadata), overwrite=overwrite)
     return st_path
+
+
+def dtype_name(tensor: torch.Tensor) -> str:
+    """``float32``, ``int64``, ``bool``, ...: a tensor's dtype as the header records it."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def check_dtypes(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: str | Path) -> None:
+    """The tensors have the dtypes the header says they were written with (files written
+    before headers recorded dtypes pass; their loaders check what they need)."""
+    recorded = meta.get("dtypes")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise FileFormatError(f"{path}: the header's dtypes are not a mapping; the file is damaged")
+    changed = {
+        name: f"{dtype_name(t)} (written as {recorded.get(name, 'nothing: no such tensor was written')})"
+        for name, t in tensors.items()
+        if recorded.get(name) != dtype_name(t)
+    }
+    if changed:
+        raise FileFormatError(
+            f"{path}: tensors are not stored as they were written: {changed}; the file was changed after "
+            "s2e_lens wrote it. Recompute it"
+        )
 
 
 def _save_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -143,6 +176,7 @@ def load(path: str | Path, *, kind: str) -> tuple[dict[str, torch.Tensor], dict[
         raise FileFormatError(
             f"{st_path} was written by a newer s2e_lens (format {meta['format_version']}); upgrade s2e_lens"
         )
+    check_dtypes(tensors, meta, st_path)
     check_finite(tensors, st_path, kind.replace("_", " "))
     return tensors, meta
 
