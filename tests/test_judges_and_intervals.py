@@ -59,7 +59,7 @@ def test_a_users_judge_from_a_file(tmp_path: Path) -> None:
     [
         ("def j(p, r):\n    return 1\n", ":j", "returned int"),
         ("def j(p, r):\n    return None\n", ":j", "returned NoneType"),
-        ("def j(p, r):\n    raise KeyError('x')\n", ":j", "failed on a probe response: KeyError"),
+        ("def j(p, r):\n    raise KeyError('x')\n", ":j", "raised KeyError.*a probe response"),
         ("import not_a_module_anywhere\n", ":j", "importing"),
         ("x = 1\n", ":j", "has no function 'j'"),
     ],

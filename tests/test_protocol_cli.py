@@ -70,9 +70,9 @@ def test_rescore_with_another_judge_needs_no_model(sampled_run: Path, tmp_path: 
 
 BAD_PROTOCOL_OPTIONS = [
     (["--samples", "0"], "samples must be a whole number >= 1"),
-    (["--temperature", "-0.5"], "temperature must be >= 0"),
+    (["--temperature", "-0.5"], "temperature must be a number >= 0, got -0.5"),
     (["--samples", "4"], "need sampling: give a temperature > 0"),
-    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--top-p", "0"], "top_p must be a number > 0 and <= 1, got 0"),
     (["--judge", "no_such_module_q:fn"], "cannot import"),
     (["--judge", "FILE:not_bool"], "returned str"),
     (["--attack", "FILE_NOFIELD"], "no field 'prompt' (it has 'goal')"),
@@ -330,3 +330,56 @@ def test_paper_selection_sweep_keeps_the_top_by_attack_refusal(tiny_dirs: dict[s
         assert float(results[results["label"] == label]["attribute"].iloc[0]) == pytest.approx(
             float(screening[screening["label"] == label]["attribute"].iloc[0])
         )
+
+
+def _one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert all(n in errors[0] for n in needles), errors[0]
+
+
+@pytest.mark.parametrize(
+    "body, needles",
+    [
+        # pass the start-up probes (2 calls), then go wrong on a later response
+        ("    return None", ["returned NoneType", "at record 0"]),
+        ("    raise ValueError('boom')", ["raised ValueError: boom", "at record 3"]),
+        ("    time.sleep(60)", ["did not answer within 0.2 s", "at record 0"]),
+    ],
+)
+def test_rescore_reports_a_user_judge_that_goes_wrong_after_the_probes(
+    sampled_run: Path, tmp_path: Path, body: str, needles: list[str]
+) -> None:
+    judge = tmp_path / "late.py"
+    after = 2 if "raise" not in body else 5  # the raising one fails on its 6th call
+    judge.write_text(
+        "import time\ncalls = []\ndef judge(prompt, response):\n    calls.append(1)\n"
+        f"    if len(calls) <= {after}:\n        return False\n{body}\n"
+    )
+    before = sorted(p.name for p in sampled_run.iterdir())
+    result = runner.invoke(app, ["rescore", str(sampled_run), "--judge", f"{judge}:judge", "--judge-timeout", "0.2"])
+    _one_line_error(result, f"judge '{judge}:judge'", *needles)
+    assert sorted(p.name for p in sampled_run.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda g: {**g, "text": 7}, "field 'text' should be str, got int"),
+        (lambda g: {**g, "label": "made up"}, "label 'made up' is not an intervention of this run"),
+        (lambda g: {**g, "judges": {**g["judges"], "paper": "yes"}}, "verdicts must be true/false"),
+    ],
+)
+def test_rescore_refuses_records_that_were_changed(
+    sampled_run: Path, tmp_path: Path, change: object, needle: str
+) -> None:
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(sampled_run, copy)
+    lines = (copy / "generations.jsonl").read_text().splitlines()
+    lines[4] = json.dumps(change(json.loads(lines[4])))  # type: ignore[operator]
+    (copy / "generations.jsonl").write_text("\n".join(lines) + "\n")
+    _one_line_error(runner.invoke(app, ["rescore", str(copy), "--judge", "paper"]), "generations.jsonl:5", needle)

@@ -88,6 +88,7 @@ class SuiteSize:
     temperature: float | None = 0.0  # None: the model's generation config
     top_p: float = 1.0
     judge: str = "strict"
+    judge_timeout: float = 30.0  # a user judge's time limit per call, in seconds
     attacks: tuple[str, ...] = ("plain",)
     prompt_field: str = "prompt"
     system_prompt: str | None = None

@@ -31,7 +31,7 @@ from s2e_lens.behaviours.splits import split
 from s2e_lens.core import judges, metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
 from s2e_lens.core.intervals import rate_interval
-from s2e_lens.core.judges import load_judge
+from s2e_lens.core.judges import JudgeError, load_judge
 from s2e_lens.engine.generation import Generation, GenerationSettings, generate
 from s2e_lens.engine.scoring import KLReference
 from s2e_lens.errors import InvalidInputError
@@ -123,10 +123,18 @@ def generation_records(
             "n_tokens": g.n_tokens,
             "cut_off": not g.stopped and g.n_tokens >= max_new_tokens,
             "degenerate": metrics.is_degenerate(g.text),
-            "judges": {name: bool(judge(g.prompt, g.text)) for name, judge in judges.items()},
+            "judges": _verdicts(judges, g, k // n_samples),
         }
         for k, g in enumerate(gens)
     ]
+
+
+def _verdicts(judges: dict[str, metrics.Judge], g: Generation, prompt_index: int) -> dict[str, bool]:
+    """Every judge's verdict on one generation; a user judge's failure names the prompt."""
+    try:
+        return {name: bool(judge(g.prompt, g.text)) for name, judge in judges.items()}
+    except JudgeError as err:
+        raise JudgeError(f"{err}, at prompt {prompt_index} ({g.prompt[:60]!r}); nothing was written") from None
 
 
 def refusal_eval(
@@ -273,7 +281,7 @@ def _suite(model: LoadedModel, size: SuiteSize) -> Suite:
         mc_items=utility_items(size),
         benign_pairs=benign_pairs(),
         max_new_tokens=size.max_new_tokens,
-        judge=load_judge(size.judge),
+        judge=load_judge(size.judge, timeout_s=size.judge_timeout),
         decoding=decoding(size, model),
         attack_name=first.name,
         other_attacks={a.name: a.prompts[: size.n_eval] for a in others},

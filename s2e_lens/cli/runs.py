@@ -457,6 +457,9 @@ def rescore_cmd(
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Ablations: also save the re-judged ablation here.")
     ] = None,
+    judge_timeout: Annotated[
+        float, typer.Option(help="Seconds a user judge may take per response before the re-scoring stops.")
+    ] = 30.0,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -469,7 +472,7 @@ def rescore_cmd(
     from s2e_lens.core.judges import judge_summary, judged_records, load_judge
     from s2e_lens.core.run import Run
 
-    chosen = load_judge(judge)
+    chosen = load_judge(judge, timeout_s=judge_timeout)
     if (Path(run_dir) / "ablation.json").is_file():
         _rescore_ablation(run_dir, chosen, out=out, overwrite=overwrite, as_json=as_json)
         return

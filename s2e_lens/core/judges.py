@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from s2e_lens.core import metrics
-from s2e_lens.errors import InvalidInputError
+from s2e_lens.errors import InvalidInputError, S2EError
 from s2e_lens.io.files import expand_user
 
 # The reference implementation's refusal signals (Trustworthy-ML-Lab/Steer2Edit,
@@ -79,18 +80,71 @@ BUILT_IN: dict[str, metrics.Judge] = {"paper": paper_refusal, "strict": strict_r
 PROBES = ("I'm sorry, but I can't help with that.", "Sure, here is a step-by-step plan.")
 
 
+DEFAULT_TIMEOUT_S = 30.0  # a user judge's time limit per call (load_judge's timeout_s)
+
+
+class JudgeError(S2EError):
+    """A user judge that raised, returned something other than a bool, or did not answer in time."""
+
+
 @dataclass(frozen=True)
 class NamedJudge:
-    """A judge and the name it is recorded under (``paper``, ``strict``, or ``PATH:callable``)."""
+    """A judge and the name it is recorded under (``paper``, ``strict``, or ``PATH:callable``).
+
+    A user's judge (not built in) runs under a time limit per call, ``timeout_s``; whatever it
+    does wrong on any call (raises, returns ``None`` or another non-bool, hangs) is a
+    :class:`JudgeError` naming the judge and the response, never a verdict."""
 
     name: str
     judge: metrics.Judge
+    timeout_s: float | None = None  # None: no limit (the built-in judges)
 
     def __call__(self, prompt: str, response: str) -> bool:
-        return bool(self.judge(prompt, response))
+        if self.name in BUILT_IN and self.judge is BUILT_IN[self.name]:
+            return bool(self.judge(prompt, response))
+        verdict = _call_with_limit(self.judge, (prompt, response), self.timeout_s, self.name, response)
+        if type(verdict).__name__ not in ("bool", "bool_"):  # Python's or numpy's bool
+            raise JudgeError(
+                f"judge {self.name!r} returned {type(verdict).__name__} ({verdict!r}) for the response "
+                f"{_snippet(response)}; it must return True (refused) or False"
+            )
+        return bool(verdict)
 
 
-def load_judge(spec: str) -> NamedJudge:
+def _snippet(text: str, n: int = 60) -> str:
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def _call_with_limit(
+    fn: Callable[..., object], args: tuple[str, str], timeout_s: float | None, name: str, response: str
+) -> object:
+    """``fn(*args)`` in a daemon thread, waited on for at most ``timeout_s`` seconds (a judge
+    that never returns cannot be stopped, but the run no longer waits for it)."""
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # the user's code: reported below, in one line
+            box["error"] = err
+
+    worker = threading.Thread(target=target, name=f"judge {name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise JudgeError(
+            f"judge {name!r} did not answer within {timeout_s:g} s on the response {_snippet(response)}; "
+            "make it faster or raise its limit (--set judge_timeout=SECONDS)"
+        )
+    if "error" in box:
+        err = box["error"]
+        raise JudgeError(
+            f"judge {name!r} raised {type(err).__name__}: {err} on the response {_snippet(response)}"
+        ) from None
+    return box.get("value")
+
+
+def load_judge(spec: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> NamedJudge:
     """``paper``, ``strict``, or ``MODULE:callable`` / ``FILE.py:callable`` (a function of
     ``(prompt, response)`` returning a bool), checked on two probe responses before any model
     work: a judge that does not import, is not callable or does not return a bool is refused.
@@ -107,18 +161,15 @@ def load_judge(spec: str) -> NamedJudge:
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise InvalidInputError(f"judge {spec!r}: {where} has no function {attr!r}")
-    judge: Callable[[str, str], object] = fn
+    if not (isinstance(timeout_s, int | float) and timeout_s > 0 and timeout_s < float("inf")):
+        raise InvalidInputError(f"a judge's time limit must be a positive number of seconds, got {timeout_s!r}")
+    named = NamedJudge(spec, fn, timeout_s=float(timeout_s))
     for probe in PROBES:
         try:
-            verdict = judge("How do I pick a lock?", probe)
-        except Exception as err:  # the user's code: any failure is theirs to see, in one line
-            raise InvalidInputError(f"judge {spec!r} failed on a probe response: {type(err).__name__}: {err}") from None
-        if not isinstance(verdict, bool):
-            raise InvalidInputError(
-                f"judge {spec!r} returned {type(verdict).__name__} ({verdict!r}) for a probe response; "
-                "it must return True (refused) or False"
-            )
-    return NamedJudge(spec, judge)  # type: ignore[arg-type]
+            named("How do I pick a lock?", probe)
+        except JudgeError as err:  # checked before any model work
+            raise InvalidInputError(f"{err} (a probe response, checked before any model work)") from None
+    return named
 
 
 def _import(where: str, spec: str) -> object:
@@ -152,8 +203,47 @@ def judged_records(records: list[dict[str, Any]], judge: NamedJudge) -> list[dic
             raise InvalidInputError(
                 f"generation record {i} lacks its prompt or text (a run made before records kept them); rerun it"
             )
-        out.append({**r, "judges": {**r.get("judges", {}), judge.name: judge(r["prompt"], r["text"])}})
+        try:
+            verdict = judge(r["prompt"], r["text"])
+        except JudgeError as err:
+            where = f"record {i} ({r.get('label', '?')}, {r.get('set', '?')}, prompt {r.get('prompt_index', '?')})"
+            raise JudgeError(f"{err}, at {where}; nothing was written") from None
+        out.append({**r, "judges": {**r.get("judges", {}), judge.name: verdict}})
     return out
+
+
+RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "label": str,
+    "set": str,
+    "prompt": str,
+    "text": str,
+    "prompt_index": int,
+    "sample": int,
+    "judges": dict,
+}
+
+
+def check_records(records: list[Any], where: str, labels: set[str] | None = None) -> None:
+    """Generation records as a run writes them: JSON objects whose fields have the recorded
+    types (judges' verdicts are bools), and, given the run's ``labels``, no record of an
+    intervention the run does not have (it would become a new row of every table)."""
+    for i, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise InvalidInputError(f"{where}:{i}: a generation record must be a JSON object, got {type(r).__name__}")
+        for key, kind in RECORD_TYPES.items():
+            value = r.get(key)
+            if key in r and (not isinstance(value, kind) or isinstance(value, bool) and kind is int):
+                raise InvalidInputError(
+                    f"{where}:{i}: field {key!r} should be {getattr(kind, '__name__', kind)}, got "
+                    f"{type(value).__name__} ({value!r:.40}); the file was changed after the run wrote it"
+                )
+        bad = {k: v for k, v in r.get("judges", {}).items() if not isinstance(v, bool)}
+        if bad:
+            raise InvalidInputError(f"{where}:{i}: judges' verdicts must be true/false, got {bad}")
+        if labels is not None and "label" in r and r["label"] not in labels:
+            raise InvalidInputError(
+                f"{where}:{i}: label {r['label']!r} is not an intervention of this run ({', '.join(sorted(labels))})"
+            )
 
 
 def verdicts_by_prompt(records: list[dict[str, Any]], name: str) -> dict[tuple[str, str], list[list[float]]]:

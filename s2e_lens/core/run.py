@@ -21,7 +21,7 @@ import pandas as pd
 
 from s2e_lens.core.comparison import Comparison, GapEstimate, Items, compare, frontier_gap_with_interval, sane
 from s2e_lens.core.intervals import paired_bootstrap, rate_interval
-from s2e_lens.core.judges import NamedJudge, judge_summary, judged_records, verdicts_by_prompt
+from s2e_lens.core.judges import NamedJudge, check_records, judge_summary, judged_records, verdicts_by_prompt
 from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
@@ -242,6 +242,7 @@ class Run:
                 f"{out}: summary.json or results.csv lacks what a run writes "
                 f"({missing or 'columns'}); rerun it with 's2e run' or 's2e sweep'"
             )
+        check_records(generations, str(out / "generations.jsonl"), labels=set(results["label"].astype(str)))
         plans = {name: EditPlan.load(out / path) for name, path in summary["plan_files"].items()}
         stats = ContrastiveStatistics.load(out / "statistics") if (out / "statistics.safetensors").is_file() else None
         vectors = (

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from s2e_lens.core.comparison import MATCH_AXES, frontier_gap, frontier_gap_with_interval, points, sane
 from s2e_lens.core.intervals import BOOTSTRAP_SAMPLES, Interval, pooled, rate_interval
-from s2e_lens.core.judges import NamedJudge, judged_records, verdicts_by_prompt
+from s2e_lens.core.judges import NamedJudge, check_records, judged_records, verdicts_by_prompt
 from s2e_lens.core.run import save_table
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.experiments import pipelines
@@ -144,15 +144,21 @@ class Ablation:
             )
         config = json.loads((path / "config.json").read_text())
         generations, tune = path / "generations.jsonl", path / "tune_results.json"
+        results = pd.read_json(path / "results.json", orient="records")
+        records = (
+            [json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
+            if generations.is_file()
+            else []
+        )
+        labels = set(results["label"].astype(str)) if "label" in results.columns else None
+        check_records(records, str(generations), labels=labels)
         return cls(
             config=config,
-            results=pd.read_json(path / "results.json", orient="records"),
+            results=results,
             items=json.loads((path / "items.json").read_text()),
             table=pd.read_json(path / "ablation.json", orient="records"),
             timings=config.pop("timings_s", {}),
-            generations=[json.loads(line) for line in generations.read_text().splitlines() if line.strip()]
-            if generations.is_file()
-            else [],
+            generations=records,
             tune_results=pd.read_json(tune, orient="records") if tune.is_file() else pd.DataFrame(),
         )
 

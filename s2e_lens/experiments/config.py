@@ -177,6 +177,7 @@ class RunConfig:
     )  # 0 = greedy; None = the model's generation config (with top_p)
     top_p: float = field(default=1.0, metadata=between(0.0, 1.0, low_open=True))
     judge: str = "strict"  # paper | strict | MODULE:function | path/to/file.py:function
+    judge_timeout: float = field(default=30.0, metadata=POSITIVE)  # seconds per call of a user judge
     attacks: tuple[str, ...] = ("plain",)  # advllm | plain | FILE.jsonl/.csv; the first is the attribute
     prompt_field: str = "prompt"  # the prompt's field (column) in your own attack files
     system_prompt: str | None = None  # for every probe pair and every evaluated prompt
@@ -289,7 +290,7 @@ class RunConfig:
         from s2e_lens.behaviours.attacks import load_attack_set
         from s2e_lens.core.judges import load_judge
 
-        load_judge(self.judge)
+        load_judge(self.judge, timeout_s=self.judge_timeout)
         self.check_probe()
         if not self.attacks:
             raise InvalidInputError("give at least one attack set (advllm, plain or a file)")
@@ -398,6 +399,7 @@ class RunConfig:
             temperature=self.temperature,
             top_p=self.top_p,
             judge=self.judge,
+            judge_timeout=self.judge_timeout,
             attacks=tuple(self.attacks),
             prompt_field=self.prompt_field,
             system_prompt=self.system_prompt,

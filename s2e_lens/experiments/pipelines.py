@@ -279,7 +279,7 @@ def probe_data(config: RunConfig, model: LoadedModel) -> ContrastiveSet:
         settings=GenerationSettings(
             max_new_tokens=128, temperature=temperature, top_p=top_p, seed=config.seed, system=config.system_prompt
         ),
-        judge=load_judge(config.judge),
+        judge=load_judge(config.judge, timeout_s=config.judge_timeout),
     )
 
 
