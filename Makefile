@@ -173,6 +173,27 @@ test-latest:
 	set -e; for m in $(MODELS); do $(LATEST)/bin/s2e models pull $$m; done
 	$(LATEST)/bin/python -m pytest -q -ra
 
+# the lower bounds: the lowest versions pyproject's ranges admit (uv's lowest-direct resolution,
+# all platforms, torch included: on Linux that is PyPI's CUDA build of the lowest torch, about
+# 3 GB), the test tools at their locked versions, then the whole suite. Last run: see the
+# comment on the dependencies in pyproject.toml
+TEST_TOOLS := pytest pytest-cov nbclient nbformat ipykernel
+test-oldest: $(TOOLS)/.uv-$(UV_VERSION)
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	rm -rf $(OLDEST)
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q --upgrade pip
+	$(UV_COMPILE) pyproject.toml --resolution lowest-direct --no-header -o $(OLDEST)/oldest.txt
+	$(OLDEST)/bin/python -m pip install -q -r $(OLDEST)/oldest.txt
+	$(OLDEST)/bin/python -m pip install -q -c $(OLDEST)/oldest.txt \
+	    $$(for t in $(TEST_TOOLS); do sed -n -E "s/^($$t==[^ ;]+).*/\1/p" $(LOCK); done)
+	$(OLDEST)/bin/python -m pip install -q --no-deps -e .
+	$(OLDEST)/bin/python -m pip check
+	@$(OLDEST)/bin/python -c "import sys; from importlib.metadata import version; \
+	    [print(f'{p:18} {version(p)}') for p in sys.argv[1:]]" $(SHOW)
+	set -e; for m in $(MODELS); do $(OLDEST)/bin/s2e models pull $$m; done
+	$(OLDEST)/bin/python -m pytest -q -ra
+
 # the wheel a user installs: built from a clean tree, installed (not editable) into a clean venv
 # with plain pip resolving its declared dependencies (constrained to the locked versions), then
 # used from outside the checkout: doctor, models pull, extract custom + edit + export, and the
