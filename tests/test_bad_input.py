@@ -800,3 +800,17 @@ def test_9j_a_plan_whose_lambdas_were_stored_as_bool_is_refused(workdir: Path, h
     with pytest.raises(serialization.FileFormatError, match="changed after"):
         EditPlan.load("plan.safetensors")
     assert tree_hash(workdir.parent) == before
+
+
+@pytest.mark.parametrize("where", ["extra", "prompt"])
+def test_9k_a_row_nested_thousands_of_levels_deep_is_one_line(workdir: Path, where: str) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    row = (
+        '{"prompt": "a", "response": "b", "label": "pos", "extra": ' + deep + "}"
+        if where == "extra"
+        else '{"prompt": ' + deep + ', "response": "b", "label": "pos"}'
+    )
+    Path("rows.jsonl").write_text('{"prompt": "q", "response": "r", "label": "neg"}\n' + row + "\n")
+    result = invoke("extract", "custom", "--data", "rows.jsonl", "--out", "stats")
+    assert_one_line_error(result, "rows.jsonl:2", "5001 levels deep", "at most 64")
+    assert not Path("stats").exists()

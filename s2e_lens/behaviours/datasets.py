@@ -85,7 +85,48 @@ def read_jsonl_lines(path: str | Path, schema: dict[str, str]) -> list[tuple[int
     return rows
 
 
+MAX_ROW_BYTES = 4 * 2**20  # one JSONL row (a prompt, a response and a few fields)
+MAX_ROW_DEPTH = 64  # nesting of objects and lists in one row
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of JSON objects and lists in ``text`` (brackets inside strings do
+    not count), found without parsing, so that a hostile row cannot exhaust the parser.
+
+    >>> nesting_depth('{"a": [1, {"b": "[[["}]}'), nesting_depth("[" * 5000)
+    (3, 5000)
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _parse_row(path: Path, lineno: int, line: str, schema: dict[str, str]) -> dict[str, Any]:
+    if len(line) > MAX_ROW_BYTES:
+        raise DataFormatError(
+            f"{path}:{lineno}: the row is {len(line):,} characters long; at most {MAX_ROW_BYTES:,} per row"
+        )
+    if "[" in line or line.count("{") > 1:
+        depth = nesting_depth(line)
+        if depth > MAX_ROW_DEPTH:
+            raise DataFormatError(
+                f"{path}:{lineno}: the row nests objects or lists {depth} levels deep; at most {MAX_ROW_DEPTH}"
+            )
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
