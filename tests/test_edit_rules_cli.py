@@ -67,10 +67,10 @@ def test_set_reaches_every_run_setting_and_is_checked(command: str, tmp_path: Pa
     out = tmp_path / "out"
     base = [command, "safety", "--model", "/no/such/model", "--out", str(out)]
     bad = runner.invoke(app, [*base, "--set", "prompt_positions=0"])
-    assert bad.exit_code == 2 and "prompt_positions must be >= 1" in bad.output and not out.exists()
+    assert bad.exit_code == 2 and "prompt_positions must be a whole number >= 1" in bad.output and not out.exists()
     # --set wins over the option it repeats (then the model is missing: the settings were accepted)
     over = runner.invoke(app, [*base, "--max-new-tokens", "4", "--set", "max_new_tokens=0"])
-    assert over.exit_code == 2 and "max_new_tokens must be >= 1" in over.output
+    assert over.exit_code == 2 and "max_new_tokens must be a whole number >= 1" in over.output
     unknown = runner.invoke(app, [*base, "--set", "no_such_field=1"])
     assert unknown.exit_code == 2 and "KEY a run setting" in unknown.output
 

@@ -207,8 +207,8 @@ class RunConfig:
     )  # edit_selection top_k: components kept per block type switched on
     magnitude: str = "paper"
     vectors: str = "layer"
-    sequential: int = field(default=0, metadata=at_least(0))
-    sequential_pairs: int = field(default=128, metadata=at_least(0))
+    sequential: int = 0  # checked in __post_init__ (a block size >= 1, or 0: off)
+    sequential_pairs: int = 128  # checked in __post_init__ (pairs >= 1, or 0: all)
     target_kl: tuple[float, ...] = ()
     # where the statistics average: response (the paper's), prompt_end (the last prompt_positions
     # prompt tokens; needs prompts that differ between the sets, e.g. probe "prompts"), or both
