@@ -191,7 +191,7 @@ def test_4b_a_near_zero_budget_is_refused_unless_forced(workdir: Path, tiny: dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", ["corrupt", "truncate"])
+@pytest.mark.parametrize("damage", ["corrupt", "truncate", "corrupt, size and mtime kept"])
 def test_4c_a_damaged_model_cache_is_refused_with_the_rebuild_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
@@ -205,12 +205,17 @@ def test_4c_a_damaged_model_cache_is_refused_with_the_rebuild_command(
     copy = checkpoint_dir(spec)
     shutil.copytree(original, copy)
     weights = copy / "model.safetensors"
+    load_model(DEFAULT_MODEL, progress=False)  # the copy is verified once (and its new times recorded)
+    before = weights.stat()
     with weights.open("r+b") as fh:
-        if damage == "corrupt":  # same size, a few values changed
+        if damage.startswith("corrupt"):  # same size, a few values changed (NaN bytes)
             fh.seek(weights.stat().st_size // 2)
             fh.write(b"\x7f\xc0\x00\x00" * 64)
         else:
             fh.truncate(weights.stat().st_size // 3)
+    if damage == "corrupt, size and mtime kept":
+        os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))  # what touch -r does
+        assert weights.stat().st_mtime_ns == before.st_mtime_ns and weights.stat().st_size == before.st_size
     with pytest.raises(WeightsCorruptError, match=rf"damaged.*s2e models pull {DEFAULT_MODEL} --rebuild"):
         load_model(DEFAULT_MODEL, progress=False)
     result = invoke("chat", "hi", env={"S2E_CACHE": str(tmp_path)})

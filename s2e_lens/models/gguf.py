@@ -8,6 +8,7 @@ command that rebuilds it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from s2e_lens.errors import S2EError, WeightsCorruptError
-from s2e_lens.io.files import atomic_directory, check_output
+from s2e_lens.io.files import atomic_directory, check_output, write_text
 from s2e_lens.models.cache import SOURCE_FILE, checkpoint_dir
 from s2e_lens.models.progress import transformers_progress
 from s2e_lens.models.registry import PackagedModel
@@ -61,15 +62,24 @@ def _read_record(target: Path) -> dict[str, Any]:
 
 def _file_record(path: Path) -> dict[str, Any]:
     stat = path.stat()
-    return {"sha256": _sha256(path, progress=False), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {
+        "sha256": _sha256(path, progress=False),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        # the inode's change time: any write changes it and, unlike the modification time, no
+        # tool can set it back (touch -r cannot), so with size and mtime it vouches for the bytes
+        "ctime_ns": stat.st_ctime_ns,
+    }
 
 
 def verify_cache_entry(
     spec: PackagedModel, target: Path, record: dict[str, Any] | None = None, *, full: bool = True
 ) -> None:
     """Check a converted checkpoint against the sha256 recorded at conversion. ``full=False``
-    hashes only files whose size or modification time changed since. Raises
-    :class:`WeightsCorruptError` naming the file and the rebuild command."""
+    hashes only files whose size, modification time or inode change time differ from the
+    record (a write that kept size and mtime, ``touch -r``, still changes the change time); a
+    file that hashes right is recorded with its new change time, so the next load is cheap.
+    Raises :class:`WeightsCorruptError` naming the file and the rebuild command."""
     record = record if record is not None else _read_record(target)
     rebuild = f"s2e models pull {spec.name} --rebuild"
     if "files" not in record:
@@ -77,18 +87,30 @@ def verify_cache_entry(
             f"the converted cache {target} has no checksum record (made by an older "
             f"s2e_lens or damaged); rebuild it with: {rebuild}"
         )
+    vouched = True
     for name, want in record["files"].items():
         path = target / name
         if not path.is_file():
             raise WeightsCorruptError(f"the converted cache is missing {path}; rebuild it with: {rebuild}")
         stat = path.stat()
-        if not full and stat.st_size == want["size"] and stat.st_mtime_ns == want["mtime_ns"]:
+        same = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns) == (
+            want["size"],
+            want["mtime_ns"],
+            want.get("ctime_ns"),
+        )
+        if not full and same:
             continue
         if stat.st_size != want["size"] or _sha256(path, progress=False) != want["sha256"]:
             raise WeightsCorruptError(
                 f"the converted cache file {path} is damaged (size or sha256 differs from "
                 f"the record made at conversion); rebuild it with: {rebuild}"
             )
+        if not same:
+            want["ctime_ns"], want["mtime_ns"] = stat.st_ctime_ns, stat.st_mtime_ns
+            vouched = False
+    if not vouched:  # every file hashed right: record the times that now vouch for it
+        with contextlib.suppress(OSError, S2EError):
+            write_text(target / SOURCE_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
