@@ -27,6 +27,7 @@ from s2e_lens.behaviours.datasets import DataDirError, DataFormatError
 from s2e_lens.cli import app
 from s2e_lens.core.plan import EditPlan, PlanError
 from s2e_lens.core.settings import EditSettings
+from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
 from s2e_lens.engine.extraction import collect_statistics
 from s2e_lens.engine.interventions import steered
@@ -819,3 +820,101 @@ def test_9k_a_row_nested_thousands_of_levels_deep_is_one_line(workdir: Path, whe
     result = invoke("extract", "custom", "--data", "rows.jsonl", "--out", "stats")
     assert_one_line_error(result, "rows.jsonl:2", "5001 levels deep", "at most 64")
     assert not Path("stats").exists()
+
+
+@pytest.mark.parametrize("out", ["/", "~"])
+def test_9l_extract_does_not_write_straight_into_the_root_or_home(workdir: Path, out: str) -> None:
+    Path("rows.jsonl").write_text('{"prompt": "q", "response": "r", "label": "neg"}\n')
+    home = workdir.parent
+    before = tree_hash(home)
+    result = invoke("extract", "custom", "--data", "rows.jsonl", "--out", out, env={"HOME": str(home)})
+    assert_one_line_error(result, "straight into", "give a folder")
+    assert tree_hash(home) == before and not Path("/statistics.json").exists()
+
+
+def test_9m_ctrl_c_ends_with_130_and_one_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import s2e_lens.models.loading
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(s2e_lens.models.loading, "load_model", interrupted)
+    result = invoke("export", "plan.safetensors", "--out", "exported")
+    assert result.exit_code == 130, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+        "error: interrupted; nothing partial was left behind"
+    ]
+    assert not Path("exported").exists()
+
+
+FAULT_TRIALS = 20
+
+
+def _s2e(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "from s2e_lens.cli import main; main()", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["extract", "export"])
+def test_9n_sigterm_at_random_points_leaves_the_output_complete_or_absent(
+    tmp_path: Path, tiny_dirs: dict[str, Path], tiny: dict[str, object], command: str
+) -> None:
+    """Twenty SIGTERMs at random moments of a small s2e extract / s2e export: every time the
+    output is complete (every file there and loadable) or absent, and nothing hidden is left."""
+    import random
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}", "response": f"r{i}", "label": "pos" if i % 2 else "neg"}) + "\n"
+            for i in range(8)
+        )
+    )
+    tiny["plan"].save(tmp_path / "plan")  # type: ignore[attr-defined]
+    model = str(tiny_dirs["llama"])
+
+    def args(out: Path) -> list[str]:
+        if command == "extract":
+            return ["extract", "custom", "--model", model, "--data", str(rows), "--out", str(out)]
+        return ["export", str(tmp_path / "plan.safetensors"), "--model", model, "--out", str(out)]
+
+    def complete(out: Path) -> bool:
+        if command == "extract":
+            ContrastiveStatistics.load(out / "statistics")
+            SteeringVectors.load(out / "steering_vectors")
+            return sorted(p.name for p in out.iterdir()) == [
+                "statistics.json",
+                "statistics.safetensors",
+                "steering_vectors.json",
+                "steering_vectors.safetensors",
+            ]
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(out)
+        return (out / files.EXPORT_RECORD).is_file()
+
+    started = time.perf_counter()  # one run to the end: how long the whole command takes
+    first = _s2e(*args(tmp_path / "whole"))
+    assert first.wait(timeout=300) == 0
+    duration = time.perf_counter() - started
+    assert complete(tmp_path / "whole")
+    rng = random.Random(0)
+    outcomes = []
+    for trial in range(FAULT_TRIALS):
+        out = tmp_path / f"t{trial}"
+        proc = _s2e(*args(out))
+        time.sleep(rng.uniform(0.2, duration))
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=300)
+        assert code in (0, 143, -signal.SIGTERM), code  # finished, or stopped by the signal
+        present = out.exists() and any(out.iterdir())
+        assert not present or complete(out), f"trial {trial}: a partial output ({sorted(os.listdir(out))})"
+        outcomes.append("complete" if present else "absent")
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+    print(f"{command}: {outcomes.count('complete')} complete, {outcomes.count('absent')} absent of {FAULT_TRIALS}")

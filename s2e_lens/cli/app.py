@@ -30,7 +30,8 @@ def one_line(err: BaseException) -> str:
 
 class ErrorBoundary(TyperGroup):
     """Every command runs inside this: our errors and the environment's become one line and
-    exit code 2; SIGTERM (turned into :class:`Terminated`) exits 143 after cleanup ran."""
+    exit code 2; SIGTERM (turned into :class:`Terminated`) exits 143 and Ctrl-C 130, after
+    cleanup ran, as a shell expects."""
 
     def invoke(self, ctx: TyperContext) -> Any:
         try:
@@ -41,6 +42,9 @@ class ErrorBoundary(TyperGroup):
         except Terminated:
             typer.secho("error: terminated; nothing partial was left behind", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=143) from None
+        except KeyboardInterrupt:
+            typer.secho("error: interrupted; nothing partial was left behind", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=130) from None
 
 
 app = typer.Typer(

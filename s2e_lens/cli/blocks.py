@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,6 +31,10 @@ from s2e_lens.cli.app import (
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.io.files import EXPORT_RECORD, OutputError, check_output, expand_user, write_all
 from s2e_lens.models.registry import DEFAULT_MODEL
+
+
+def _real_path(path: Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 @app.command("extract")
@@ -77,6 +82,11 @@ def extract_cmd(
         raise InvalidInputError(f"unknown behaviour {behaviour!r}: use {', '.join(names())} (custom with --data)")
     where = placement(dtype, device, device_map)
     folder = expand_user(out)
+    if _real_path(folder) in (Path("/"), _real_path(expand_user("~")) if "HOME" in os.environ else None):
+        raise OutputError(
+            f"refusing to write the statistics and vectors straight into {out}: give a folder for them, "
+            "e.g. --out runs/extract"
+        )
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"--out {out} is a file; give a directory for the statistics and vectors")
     inputs = (data,) if data else ()
