@@ -171,7 +171,7 @@ test-latest:
 	@$(LATEST)/bin/python -c "import sys; from importlib.metadata import version; \
 	    [print(f'{p:18} {version(p)}') for p in sys.argv[1:]]" $(SHOW)
 	set -e; for m in $(MODELS); do $(LATEST)/bin/s2e models pull $$m; done
-	$(LATEST)/bin/python -m pytest -q -ra
+	S2E_STACK=latest $(LATEST)/bin/python -m pytest -q -ra
 
 # the lower bounds: the lowest versions pyproject's ranges admit (uv's lowest-direct resolution,
 # all platforms, torch included: on Linux that is PyPI's CUDA build of the lowest torch, about
@@ -192,7 +192,7 @@ test-oldest: $(TOOLS)/.uv-$(UV_VERSION)
 	@$(OLDEST)/bin/python -c "import sys; from importlib.metadata import version; \
 	    [print(f'{p:18} {version(p)}') for p in sys.argv[1:]]" $(SHOW)
 	set -e; for m in $(MODELS); do $(OLDEST)/bin/s2e models pull $$m; done
-	$(OLDEST)/bin/python -m pytest -q -ra
+	S2E_STACK=oldest $(OLDEST)/bin/python -m pytest -q -ra
 
 # the wheel a user installs: built from a clean tree, installed (not editable) into a clean venv
 # with plain pip resolving its declared dependencies (constrained to the locked versions), then
