@@ -918,3 +918,14 @@ def test_9n_sigterm_at_random_points_leaves_the_output_complete_or_absent(
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == [], leftovers
     print(f"{command}: {outcomes.count('complete')} complete, {outcomes.count('absent')} absent of {FAULT_TRIALS}")
+
+
+def test_9o_no_nan_reaches_a_json_file(tmp_path: Path) -> None:
+    from s2e_lens.io.serialization import finite_json
+
+    text = finite_json({"temperature": math.nan, "gaps": [0.1, -math.inf], "n": 3})
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {
+        "temperature": None,
+        "gaps": [0.1, None],
+        "n": 3,
+    }

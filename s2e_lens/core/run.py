@@ -27,6 +27,7 @@ from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
 from s2e_lens.errors import S2EError
 from s2e_lens.io import files
+from s2e_lens.io.serialization import finite_json
 
 
 class RunDirectoryError(S2EError):
@@ -201,13 +202,13 @@ class Run:
         for name, plan in self.plans.items():
             plan.save(out / summary["plan_files"][name])
         if self.examples:
-            files.write_text(out / "examples.json", json.dumps(self.examples, indent=1) + "\n", overwrite=False)
+            files.write_text(out / "examples.json", finite_json(self.examples, indent=1) + "\n", overwrite=False)
         if self.items:
-            files.write_text(out / "items.json", json.dumps(self.items) + "\n", overwrite=False)
+            files.write_text(out / "items.json", finite_json(self.items) + "\n", overwrite=False)
         if self.generations:
-            lines = "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in self.generations)
+            lines = "".join(finite_json(g, ensure_ascii=False) + "\n" for g in self.generations)
             files.write_text(out / "generations.jsonl", lines, overwrite=False)
-        files.write_text(out / files.RUN_RECORD, json.dumps(summary, indent=2, default=str) + "\n", overwrite=False)
+        files.write_text(out / files.RUN_RECORD, finite_json(summary, indent=2, default=str) + "\n", overwrite=False)
 
     @classmethod
     def load(cls, out: str | Path) -> Run:

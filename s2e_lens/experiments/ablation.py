@@ -29,6 +29,7 @@ from s2e_lens.errors import InvalidInputError
 from s2e_lens.experiments import pipelines
 from s2e_lens.experiments.config import RunConfig
 from s2e_lens.io import files
+from s2e_lens.io.serialization import finite_json
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.loading import load_model
 
@@ -116,7 +117,6 @@ class Ablation:
         """ablation.csv/json (the table), results.csv/json, items.json, generations.jsonl (each
         judge's verdict on every evaluated text, for re-scoring), config.json and ablation.md,
         written as one output."""
-        import json
 
         out = Path(out)
         with files.atomic_directory(out, overwrite=overwrite, record=files.ABLATION_RECORD) as scratch:
@@ -124,9 +124,9 @@ class Ablation:
             save_table(self.results, scratch / "results")
             if not self.tune_results.empty:
                 save_table(self.tune_results, scratch / "tune_results")
-            (scratch / "items.json").write_text(json.dumps(self.items))
-            (scratch / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in self.generations))
-            (scratch / "config.json").write_text(json.dumps({**self.config, "timings_s": self.timings}, indent=1))
+            (scratch / "items.json").write_text(finite_json(self.items))
+            (scratch / "generations.jsonl").write_text("".join(finite_json(g) + "\n" for g in self.generations))
+            (scratch / "config.json").write_text(finite_json({**self.config, "timings_s": self.timings}, indent=1))
             (scratch / "ablation.md").write_text(self.markdown())
         return out
 

@@ -7,6 +7,7 @@ authoritative copy), plus a readable ``NAME.json`` sidecar with the same JSON.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def encode(
         "dtypes": {name: dtype_name(t) for name, t in sorted(tensors.items())},
         **metadata,
     }
-    text = json.dumps(doc, indent=2, sort_keys=True, default=_json_default)
+    text = finite_json(doc, indent=2, sort_keys=True, default=_json_default)
     blob = _save_bytes({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, {"s2e": text})
     return {st_path: blob, json_path: text + "\n"}
 
@@ -89,6 +90,26 @@ def save(
     st_path, _ = check_save_target(path, overwrite=overwrite)
     write_all(encode(path, tensors, kind=kind, metadata=metadata), overwrite=overwrite)
     return st_path
+
+
+def finite_json(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (invalid JSON for strict parsers):
+    non-finite floats become ``null``.
+
+    >>> finite_json({"a": float("nan"), "b": [1.5, float("inf")]})
+    '{"a": null, "b": [1.5, null]}'
+    """
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def dtype_name(tensor: torch.Tensor) -> str:
