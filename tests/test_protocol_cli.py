@@ -370,6 +370,7 @@ def test_rescore_reports_a_user_judge_that_goes_wrong_after_the_probes(
         (lambda g: {**g, "text": 7}, "field 'text' should be str, got int"),
         (lambda g: {**g, "label": "made up"}, "label 'made up' is not an intervention of this run"),
         (lambda g: {**g, "judges": {**g["judges"], "paper": "yes"}}, "verdicts must be true/false"),
+        (lambda g: {**g, "set": "made up"}, "prompt set 'made up' is not one this run evaluated"),
     ],
 )
 def test_rescore_refuses_records_that_were_changed(
@@ -380,6 +381,8 @@ def test_rescore_refuses_records_that_were_changed(
     copy = tmp_path / "run"
     shutil.copytree(sampled_run, copy)
     lines = (copy / "generations.jsonl").read_text().splitlines()
-    lines[4] = json.dumps(change(json.loads(lines[4])))  # type: ignore[operator]
+    k = next(i for i, line in enumerate(lines) if json.loads(line)["label"] != "unedited")  # an edit's record
+    lines[k] = json.dumps(change(json.loads(lines[k])))  # type: ignore[operator]
     (copy / "generations.jsonl").write_text("\n".join(lines) + "\n")
-    _one_line_error(runner.invoke(app, ["rescore", str(copy), "--judge", "paper"]), "generations.jsonl:5", needle)
+    result = runner.invoke(app, ["rescore", str(copy), "--judge", "paper"])
+    _one_line_error(result, f"generations.jsonl:{k + 1}:", needle)

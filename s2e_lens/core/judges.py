@@ -212,6 +212,7 @@ def judged_records(records: list[dict[str, Any]], judge: NamedJudge) -> list[dic
     return out
 
 
+REFERENCE_LABEL = "unedited"  # the intervention every run evaluates on all of its prompt sets
 RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
     "label": str,
     "set": str,
@@ -244,6 +245,15 @@ def check_records(records: list[Any], where: str, labels: set[str] | None = None
             raise InvalidInputError(
                 f"{where}:{i}: label {r['label']!r} is not an intervention of this run ({', '.join(sorted(labels))})"
             )
+    # the unedited model is evaluated on every prompt set of the run: a set it lacks is not the run's
+    known = {r.get("set") for r in records if r.get("label") == REFERENCE_LABEL}
+    if known:
+        for i, r in enumerate(records, 1):
+            if "set" in r and r["set"] not in known:
+                raise InvalidInputError(
+                    f"{where}:{i}: prompt set {r['set']!r} is not one this run evaluated "
+                    f"({', '.join(sorted(str(k) for k in known))})"
+                )
 
 
 def verdicts_by_prompt(records: list[dict[str, Any]], name: str) -> dict[tuple[str, str], list[list[float]]]:
