@@ -854,7 +854,7 @@ def _s2e(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", "from s2e_lens.cli import main; main()", *args],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
     )
 
@@ -900,7 +900,8 @@ def test_9n_sigterm_at_random_points_leaves_the_output_complete_or_absent(
 
     started = time.perf_counter()  # one run to the end: how long the whole command takes
     first = _s2e(*args(tmp_path / "whole"))
-    assert first.wait(timeout=300) == 0
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err.decode()[-2000:]
     duration = time.perf_counter() - started
     assert complete(tmp_path / "whole")
     rng = random.Random(0)
@@ -910,8 +911,9 @@ def test_9n_sigterm_at_random_points_leaves_the_output_complete_or_absent(
         proc = _s2e(*args(out))
         time.sleep(rng.uniform(0.2, duration))
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=300)
-        assert code in (0, 143, -signal.SIGTERM), code  # finished, or stopped by the signal
+        _, err = proc.communicate(timeout=300)
+        code = proc.returncode
+        assert code in (0, 143, -signal.SIGTERM), (code, err.decode()[-2000:])  # finished, or stopped by it
         present = out.exists() and any(out.iterdir())
         assert not present or complete(out), f"trial {trial}: a partial output ({sorted(os.listdir(out))})"
         outcomes.append("complete" if present else "absent")

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import sys
+
 from s2e_lens.cli import blocks, checks, models, runs  # noqa: F401  (each registers its commands)
 from s2e_lens.cli.app import app
-from s2e_lens.io.files import terminate_gracefully
+from s2e_lens.io.files import Terminated, terminate_gracefully
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:  # console-script entry point
     terminate_gracefully()
-    app()
+    try:
+        app()
+    except Terminated:  # a SIGTERM before or after a command's own boundary (argument parsing, exit)
+        print("error: terminated; nothing partial was left behind", file=sys.stderr)
+        raise SystemExit(143) from None
