@@ -93,3 +93,15 @@ def default_stats(default_model):
     from s2e_lens.engine.extraction import collect_statistics
 
     return collect_statistics(default_model, safety_set(), batch_size=4, progress=False)
+
+
+def assert_one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
+    """A CLI result refused as the error boundary promises: exit 2, no crash, one error line
+    holding every needle."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_set
+from conftest import assert_one_line_error, tiny_set
 from typer.testing import CliRunner
 
 from s2e_lens.behaviours.datasets import DataDirError, DataFormatError
@@ -59,14 +59,18 @@ def invoke(*args: str, env: dict[str, str] | None = None):
     return runner.invoke(app, list(args), env=env)
 
 
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
+def forbid_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading a model fail the test, in every module that binds ``load_model`` at import
+    (imported here first, so that none binds the stand-in for good and leaks it into later tests)."""
+    import s2e_lens.experiments.ablation
+    import s2e_lens.experiments.pipelines
+    import s2e_lens.models.loading
+
+    def no_loading(*a: object, **k: object) -> None:
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    for module in (s2e_lens.models.loading, s2e_lens.experiments.pipelines, s2e_lens.experiments.ablation):
+        monkeypatch.setattr(module, "load_model", no_loading)
 
 
 @pytest.fixture(scope="module")
@@ -419,18 +423,7 @@ def test_7g_a_mistyped_local_path_is_not_blamed_on_the_hub(tmp_path: Path) -> No
 def test_7h_bad_settings_fail_before_the_model_loads(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], needle: str
 ) -> None:
-    import s2e_lens.experiments.ablation
-    import s2e_lens.experiments.pipelines
-    import s2e_lens.models.loading
-
-    def no_loading(*a: object, **k: object) -> None:
-        raise AssertionError("the model was loaded before the settings were checked")
-
-    # every module that binds the name at import (imported above, so that none binds the stub
-    # for good and leaks it into later tests)
-    for module in (s2e_lens.models.loading, s2e_lens.experiments.pipelines, s2e_lens.experiments.ablation):
-        if hasattr(module, "load_model"):
-            monkeypatch.setattr(module, "load_model", no_loading)
+    forbid_model_loading(monkeypatch)
     assert_one_line_error(invoke("edit", "statistics.safetensors", *args), needle)
     assert_one_line_error(invoke("sweep", "safety", "--rho-attn", "nan"), "rho_attn must be a finite number")
 
@@ -771,15 +764,7 @@ def test_9h_a_full_disk_during_export_is_one_line(
 def test_9i_every_run_setting_is_range_checked_before_the_model_loads(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, setting: str, needle: str
 ) -> None:
-    import s2e_lens.experiments.ablation
-    import s2e_lens.experiments.pipelines
-    import s2e_lens.models.loading
-
-    def no_loading(*a: object, **k: object) -> None:
-        raise AssertionError("the model was loaded before the settings were checked")
-
-    for module in (s2e_lens.models.loading, s2e_lens.experiments.pipelines, s2e_lens.experiments.ablation):
-        monkeypatch.setattr(module, "load_model", no_loading)
+    forbid_model_loading(monkeypatch)
     for command in ("sweep", "run"):
         assert_one_line_error(invoke(command, "safety", "--set", setting, "--out", "r"), needle)
     assert not Path("r").exists()

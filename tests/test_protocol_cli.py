@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from s2e_lens.cli import app
@@ -332,14 +333,6 @@ def test_paper_selection_sweep_keeps_the_top_by_attack_refusal(tiny_dirs: dict[s
         )
 
 
-def _one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    assert all(n in errors[0] for n in needles), errors[0]
-
-
 @pytest.mark.parametrize(
     "body, needles",
     [
@@ -360,7 +353,7 @@ def test_rescore_reports_a_user_judge_that_goes_wrong_after_the_probes(
     )
     before = sorted(p.name for p in sampled_run.iterdir())
     result = runner.invoke(app, ["rescore", str(sampled_run), "--judge", f"{judge}:judge", "--judge-timeout", "0.2"])
-    _one_line_error(result, f"judge '{judge}:judge'", *needles)
+    assert_one_line_error(result, f"judge '{judge}:judge'", *needles)
     assert sorted(p.name for p in sampled_run.iterdir()) == before
 
 
@@ -385,4 +378,4 @@ def test_rescore_refuses_records_that_were_changed(
     lines[k] = json.dumps(change(json.loads(lines[k])))  # type: ignore[operator]
     (copy / "generations.jsonl").write_text("\n".join(lines) + "\n")
     result = runner.invoke(app, ["rescore", str(copy), "--judge", "paper"])
-    _one_line_error(result, f"generations.jsonl:{k + 1}:", needle)
+    assert_one_line_error(result, f"generations.jsonl:{k + 1}:", needle)

@@ -29,12 +29,8 @@ from s2e_lens.cli.app import (
     placement,
 )
 from s2e_lens.errors import InvalidInputError
-from s2e_lens.io.files import EXPORT_RECORD, OutputError, check_output, expand_user, write_all
+from s2e_lens.io.files import EXPORT_RECORD, OutputError, check_output, expand_user, real_path, write_all
 from s2e_lens.models.registry import DEFAULT_MODEL
-
-
-def _real_path(path: Path) -> Path:
-    return Path(os.path.realpath(path))
 
 
 @app.command("extract")
@@ -82,7 +78,7 @@ def extract_cmd(
         raise InvalidInputError(f"unknown behaviour {behaviour!r}: use {', '.join(names())} (custom with --data)")
     where = placement(dtype, device, device_map)
     folder = expand_user(out)
-    if _real_path(folder) in (Path("/"), _real_path(expand_user("~")) if "HOME" in os.environ else None):
+    if real_path(folder) in (Path("/"), real_path(expand_user("~")) if "HOME" in os.environ else None):
         raise OutputError(
             f"refusing to write the statistics and vectors straight into {out}: give a folder for them, "
             "e.g. --out runs/extract"

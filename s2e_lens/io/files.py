@@ -67,7 +67,8 @@ def _umask() -> int:
     return mask
 
 
-def _real(path: Path) -> Path:
+def real_path(path: Path) -> Path:
+    """``path`` with ``~`` expanded and every symlink and ``..`` resolved."""
     return Path(os.path.realpath(expand_user(path)))
 
 
@@ -113,9 +114,9 @@ def check_output(
     ancestor is a directory we can write to.
     """
     path = expand_user(target)
-    real = _real(path)
+    real = real_path(path)
     if kind == "dir":
-        cwd = _real(Path.cwd())
+        cwd = real_path(Path.cwd())
         if _is_within(cwd, real) or real == real.parent:
             raise OutputError(
                 f"refusing to write the {what} into {path}: it is the current directory, one of its "
@@ -123,7 +124,7 @@ def check_output(
                 "e.g. --out exported-model"
             )
     for item in inputs:
-        src = _real(Path(item))
+        src = real_path(Path(item))
         if real == src or (kind == "dir" and _is_within(src, real)):
             raise OutputError(f"the {what} {path} would overwrite the input {item}; choose another --out")
     if path.exists() or path.is_symlink():
@@ -295,7 +296,7 @@ def atomic_directory(target: str | Path, *, record: str | None, overwrite: bool 
     (restored if that fails). ``record=None`` only for directories s2e owns (its cache)."""
     target = expand_user(target)
     check_output(target, kind="dir", overwrite=overwrite, record=record)
-    real = _real(target)
+    real = real_path(target)
     with _made_parents(real.parent):
         try:
             scratch = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".partial", dir=real.parent))
