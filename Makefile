@@ -141,14 +141,21 @@ lock: $(TOOLS)/.uv-$(UV_VERSION)
 # any machine (no option lines, no file: or path references), resolves on each platform (a
 # dry-run install per platform: a file for every pin that applies), and every hash it pins is
 # a file that PyPI serves for that release (scripts/check_lock.py reads PyPI's JSON pages)
+# error (default): a lock that differs from make lock fails; CI says warning, since the index
+# itself can change under a fixed cutoff (seen: a mirror showing a release of 2026-11-27 only on
+# 2026-12-03); the path, platform and hash checks below fail either way
+LOCK_DRIFT ?= error
 LOCK_PLATFORMS := x86_64-manylinux_2_28:3.11 aarch64-manylinux_2_28:3.11 aarch64-apple-darwin:3.11 \
                   x86_64-pc-windows-msvc:3.11 x86_64-manylinux_2_28:3.12
 lock-check: $(TOOLS)/.uv-$(UV_VERSION)
 	@bad=$$(grep -vE '^ +--hash=sha256:' $(LOCK) | grep -nE '^ *-|file:|(^| )/' | head -5); \
 	test -z "$$bad" || { echo "$$bad"; echo "error: $(LOCK) names a path or a pip option (above)"; exit 1; }
 	@$(MAKE) --no-print-directory lock LOCK_OUT=$(TOOLS)/lock-check.txt >/dev/null
-	@cmp $(LOCK) $(TOOLS)/lock-check.txt && echo "lock-check: $(LOCK) is what 'make lock' gives, byte for byte" \
-	    || { diff $(LOCK) $(TOOLS)/lock-check.txt | head -20; echo "error: $(LOCK) differs from 'make lock'; run make lock"; exit 1; }
+	@cmp -s $(LOCK) $(TOOLS)/lock-check.txt && echo "lock-check: $(LOCK) is what 'make lock' gives, byte for byte" \
+	    || { diff $(LOCK) $(TOOLS)/lock-check.txt | head -20; \
+	         echo "$(LOCK_DRIFT): $(LOCK) differs from what 'make lock' gives now; run make lock (the index can also"; \
+	         echo "  change after the fact: a mirror may show files uploaded before LOCK_CUTOFF only later)"; \
+	         test "$(LOCK_DRIFT)" = warning; }
 	@set -e; for pv in $(LOCK_PLATFORMS); do \
 	    rm -rf $(TOOLS)/dry-run; \
 	    n=$$($(UV) pip install --no-config --index-url $(LOCK_INDEX) --dry-run --target $(TOOLS)/dry-run \
