@@ -746,8 +746,40 @@ def test_9h_a_full_disk_during_export_is_one_line(
     monkeypatch.setattr("transformers.modeling_utils.safe_save_file", full)
     before = tree_hash(workdir.parent)
     result = invoke("export", "plan.safetensors", "--model", str(tiny_dirs["llama"]), "--out", "out")
-    assert_one_line_error(result, "no space left on device", "MiB free")
+    assert_one_line_error(result, "no space left on device", "it needs about", " free in ")
     assert tree_hash(workdir.parent) == before
+
+
+@pytest.mark.parametrize("failing", ["export", "plan"])
+def test_9p_edit_writes_its_plan_and_its_export_together_or_not_at_all(
+    workdir: Path, tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """``s2e edit --out PLAN --export DIR`` makes two outputs; a failure in either leaves neither."""
+    from safetensors import SafetensorError
+
+    from s2e_lens.core.plan import EditPlan
+
+    if failing == "export":
+
+        def full(*args: object, **kwargs: object) -> None:
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, message: No space left on device })")
+
+        monkeypatch.setattr("transformers.modeling_utils.safe_save_file", full)
+    else:
+
+        def refuse(self: EditPlan, path: str | Path, *, overwrite: bool = False) -> Path:
+            raise files.OutputError(f"cannot write {path}: injected failure")
+
+        monkeypatch.setattr(EditPlan, "save", refuse)
+    before = tree_hash(workdir.parent)
+    args = ("edit", "statistics.safetensors", "--model", str(tiny_dirs["llama"]), "--out", "again", "--export", "exp")
+    result = invoke(*args)
+    assert_one_line_error(result, "no space left on device" if failing == "export" else "injected failure")
+    assert tree_hash(workdir.parent) == before  # neither the plan nor the export, no scratch left
+    monkeypatch.undo()
+    ok = invoke(*args)
+    assert ok.exit_code == 0, ok.output
+    assert Path("again.safetensors").is_file() and (Path("exp") / files.EXPORT_RECORD).is_file()
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ class SuiteSize:
     naming the prompt in the user's own attack files; ``system_prompt`` for every prompt."""
 
     n_eval: int = 40
-    n_mc: int = 20
+    n_mc: int = 70
     max_new_tokens: int = 32
     data_dir: str | Path | None = None
     seed: int = 0

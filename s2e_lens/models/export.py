@@ -8,6 +8,7 @@ reads transformers checkpoints) loads the edited weights.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,11 +21,18 @@ from s2e_lens.models.loaded import LoadedModel
 EDIT_RECORD = EXPORT_RECORD
 
 
-def export_model(model: LoadedModel, directory: str | Path, *, overwrite: bool = False) -> Path:
+def export_model(
+    model: LoadedModel,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    companion: Callable[[], list[Path]] | None = None,
+) -> Path:
     """Write ``model`` (with whatever edits are applied) to ``directory`` as one output: built
     in a scratch directory beside it and renamed into place when complete. A non-empty
-    ``directory`` is replaced only with ``overwrite``; the current directory and its parents
-    never are."""
+    ``directory`` is replaced only with ``overwrite``, and only if an earlier export made it;
+    the current directory and its parents never are. ``companion`` writes an output that must
+    land together with this one (see :func:`~s2e_lens.io.files.atomic_directory`)."""
     target = check_output(directory, kind="dir", overwrite=overwrite, what="export directory", record=EDIT_RECORD)
     hf = model.hf_model
     state = model.hf_state_dict()
@@ -44,7 +52,10 @@ def export_model(model: LoadedModel, directory: str | Path, *, overwrite: bool =
         "fingerprint": model.card.fingerprint,
         "edits": [applied.plan.describe() for applied in model.applied_plans],
     }
-    with atomic_directory(target, overwrite=overwrite, record=EDIT_RECORD) as out:
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    with atomic_directory(
+        target, overwrite=overwrite, record=EDIT_RECORD, companion=companion, size_hint=size
+    ) as out:
         fresh.save_pretrained(out)
         model.tokenizer.save_pretrained(out)
         (out / EDIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")

