@@ -16,8 +16,9 @@ def test_models_list_json() -> None:
     result = runner.invoke(app, ["models", "list", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [r["name"] for r in rows] == ["smollm2-135m-instruct", "gemma-3-270m"]
+    assert [r["name"] for r in rows] == ["smollm2-135m-instruct", "gemma-3-270m", "qwen2.5-coder-1.5b-instruct"]
     assert rows[0]["default"] and rows[0]["installed"]
+    assert not any(r["default"] for r in rows[1:])
     assert rows[0]["params"] == 134_515_008
 
 
