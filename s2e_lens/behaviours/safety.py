@@ -31,7 +31,7 @@ from s2e_lens.behaviours.splits import split
 from s2e_lens.core import judges, metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
 from s2e_lens.core.intervals import rate_interval
-from s2e_lens.core.judges import JudgeError, load_judge
+from s2e_lens.core.judges import JudgeError, load_judge, verdicts
 from s2e_lens.engine.generation import Generation, GenerationSettings, generate
 from s2e_lens.engine.scoring import KLReference
 from s2e_lens.errors import InvalidInputError
@@ -113,7 +113,20 @@ def generation_records(
 ) -> list[dict[str, Any]]:
     """One record per generation: which prompt and sample, the text, its length, whether it
     stopped at EOS or was cut off at ``max_new_tokens``, the degeneracy flag and every judge's
-    verdict, so a run can be re-scored without generating again."""
+    verdict (a judge that scores in batches gets them all at once), so a run can be re-scored
+    without generating again. A user judge's failure names the prompt."""
+    pairs = [(g.prompt, g.text) for g in gens]
+    table: dict[str, list[bool]] = {}
+    for name, judge in judges.items():
+        try:
+            table[name] = verdicts(judge, pairs)
+        except JudgeError as err:
+            if err.index is None:
+                raise
+            k = err.index
+            raise JudgeError(
+                f"{err.detail}, at prompt {k // n_samples} ({gens[k].prompt[:60]!r}); nothing was written"
+            ) from None
     return [
         {
             "prompt_index": k // n_samples,
@@ -123,18 +136,10 @@ def generation_records(
             "n_tokens": g.n_tokens,
             "cut_off": not g.stopped and g.n_tokens >= max_new_tokens,
             "degenerate": metrics.is_degenerate(g.text),
-            "judges": _verdicts(judges, g, k // n_samples),
+            "judges": {name: table[name][k] for name in judges},
         }
         for k, g in enumerate(gens)
     ]
-
-
-def _verdicts(judges: dict[str, metrics.Judge], g: Generation, prompt_index: int) -> dict[str, bool]:
-    """Every judge's verdict on one generation; a user judge's failure names the prompt."""
-    try:
-        return {name: bool(judge(g.prompt, g.text)) for name, judge in judges.items()}
-    except JudgeError as err:
-        raise JudgeError(f"{err}, at prompt {prompt_index} ({g.prompt[:60]!r}); nothing was written") from None
 
 
 def refusal_eval(
@@ -149,15 +154,15 @@ def refusal_eval(
     :func:`s2e_lens.core.judges.strict_refusal`, unless given). Every generation is recorded
     with the verdicts of the paper's judge, ours and ``judge``."""
     settings = settings or GenerationSettings(max_new_tokens=32)
-    chosen = judge or judges.strict_refusal
     gens = generate(model, prompts, settings, progress=progress)
-    recorded = {**judges.BUILT_IN, **({getattr(judge, "name", "custom"): judge} if judge is not None else {})}
+    chosen_name = getattr(judge, "name", "custom") if judge is not None else "strict"
+    recorded = {**judges.BUILT_IN, **({chosen_name: judge} if judge is not None else {})}
     records = generation_records(gens, settings.n, recorded, max_new_tokens=settings.max_new_tokens)
-    verdicts = [bool(chosen(g.prompt, g.text)) for g in gens]
-    refused = [verdicts[i * settings.n : (i + 1) * settings.n] for i in range(len(prompts))]
+    flags = [r["judges"][chosen_name] for r in records]  # each generation judged once
+    refused = [flags[i * settings.n : (i + 1) * settings.n] for i in range(len(prompts))]
     texts = [g.text for g in gens]
     return RefusalResult(
-        rate=sum(verdicts) / len(verdicts),
+        rate=sum(flags) / len(flags),
         degenerate=sum(r["degenerate"] for r in records) / len(records),
         responses=texts,
         refused=refused,
@@ -382,7 +387,7 @@ def own_probe(
     answers_b = [g.text.strip() for g in generate(model, benign, settings)]
     kept = [i for i in range(n) if answers_h[i] and answers_b[i]]  # an empty answer has no span to average
     judge = judge or judges.strict_refusal
-    refusals = sum(bool(judge(harmful[i], answers_h[i])) for i in kept)
+    refusals = sum(verdicts(judge, [(harmful[i], answers_h[i]) for i in kept]))
     if refusals == 0:
         raise ContrastiveSetError(
             f"the model refused none of the {len(kept)} harmful probe prompts it answered (judge: "

@@ -126,6 +126,7 @@ JudgeOpt = Annotated[
     typer.Option(
         "--judge",
         help="Refusal judge: strict (ours, the default), paper (the reference's 32 case-sensitive substrings), "
+        "reading (qwen2.5-coder-1.5b-instruct reads each answer against the gold-set rubric), "
         "or MODULE:function / path/to/file.py:function returning True for a refusal.",
     ),
 ]

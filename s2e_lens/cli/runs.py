@@ -453,7 +453,9 @@ def eval_cmd(
 @app.command("rescore")
 def rescore_cmd(
     run_dir: Annotated[str, typer.Argument(help="A run directory (s2e run, sweep) or an ablation (s2e ablate).")],
-    judge: Annotated[str, typer.Option("--judge", help="paper, strict, or MODULE:function / FILE.py:function.")],
+    judge: Annotated[
+        str, typer.Option("--judge", help="paper, strict, reading, or MODULE:function / FILE.py:function.")
+    ],
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Ablations: also save the re-judged ablation here.")
     ] = None,

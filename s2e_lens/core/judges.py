@@ -1,6 +1,8 @@
-"""Refusal judges: the paper's substring list exactly, ours, or the user's own function.
+"""Refusal judges: the paper's substring list exactly, ours, one that reads the answer with a
+language model, or the user's own function.
 
-A judge is ``judge(prompt, response) -> bool`` (True: refused). Safety runs record every
+A judge is ``judge(prompt, response) -> bool`` (True: refused); a judge that scores in
+batches also has ``judge_many(pairs) -> list[bool]`` (see :func:`verdicts`). Safety runs record every
 judge's verdict per generation beside the degeneracy flag, so a run can be re-scored with
 another judge without generating again (``s2e rescore``).
 """
@@ -77,6 +79,10 @@ def strict_refusal(_prompt: str, response: str) -> bool:
 
 
 BUILT_IN: dict[str, metrics.Judge] = {"paper": paper_refusal, "strict": strict_refusal}
+# judges that run a model: name -> "module:factory" (imported only when chosen; the factory's
+# load() returns the judge). s2e_lens.engine.reading_judge documents the reading judge.
+MODEL_JUDGES: dict[str, str] = {"reading": "s2e_lens.engine.reading_judge:ReadingJudge"}
+MODEL_JUDGE_MODELS: dict[str, str] = {"reading": "qwen2.5-coder-1.5b-instruct"}  # what each one loads
 PROBES = ("I'm sorry, but I can't help with that.", "Sure, here is a step-by-step plan.")
 
 
@@ -84,7 +90,12 @@ DEFAULT_TIMEOUT_S = 30.0  # a user judge's time limit per call (load_judge's tim
 
 
 class JudgeError(S2EError):
-    """A user judge that raised, returned something other than a bool, or did not answer in time."""
+    """A user judge that raised, returned something other than a bool, or did not answer in time.
+    From :func:`verdicts`: ``index`` is the failing pair's position and ``detail`` the judge's
+    own failure, without the position."""
+
+    index: int | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,9 +109,10 @@ class NamedJudge:
     name: str
     judge: metrics.Judge
     timeout_s: float | None = None  # None: no limit (the built-in judges)
+    trusted: bool = False  # the toolkit's own judges: no time limit, no type check per call
 
     def __call__(self, prompt: str, response: str) -> bool:
-        if self.name in BUILT_IN and self.judge is BUILT_IN[self.name]:
+        if self.trusted or (self.name in BUILT_IN and self.judge is BUILT_IN[self.name]):
             return bool(self.judge(prompt, response))
         verdict = _call_with_limit(self.judge, (prompt, response), self.timeout_s, self.name, response)
         if type(verdict).__name__ not in ("bool", "bool_"):  # Python's or numpy's bool
@@ -109,6 +121,25 @@ class NamedJudge:
                 f"{_snippet(response)}; it must return True (refused) or False"
             )
         return bool(verdict)
+
+
+def verdicts(judge: metrics.Judge, pairs: list[tuple[str, str]]) -> list[bool]:
+    """``judge``'s verdict on each (prompt, response): in batches where the judge scores in
+    batches (``judge_many``, the model judges), else one call at a time. A failing call
+    raises :class:`JudgeError` naming the prompt's position."""
+    inner = judge.judge if isinstance(judge, NamedJudge) and judge.trusted else judge
+    many = getattr(inner, "judge_many", None)
+    if callable(many):
+        return [bool(v) for v in many(pairs)]
+    out = []
+    for i, (prompt, response) in enumerate(pairs):
+        try:
+            out.append(bool(judge(prompt, response)))
+        except JudgeError as err:
+            located = JudgeError(f"{err}, at prompt {i} ({prompt[:60]!r}); nothing was written")
+            located.index, located.detail = i, str(err)
+            raise located from None
+    return out
 
 
 def _snippet(text: str, n: int = 60) -> str:
@@ -144,17 +175,33 @@ def _call_with_limit(
     return box.get("value")
 
 
+def check_judge(spec: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """What :func:`load_judge` checks, without loading a model judge's model (only that its
+    weights are installed): for a run's settings, before any model loads."""
+    if spec in MODEL_JUDGES:
+        from s2e_lens.models.registry import packaged_model
+
+        packaged_model(MODEL_JUDGE_MODELS[spec]).data_files()  # raises with the install command
+        return
+    load_judge(spec, timeout_s=timeout_s)
+
+
 def load_judge(spec: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> NamedJudge:
-    """``paper``, ``strict``, or ``MODULE:callable`` / ``FILE.py:callable`` (a function of
-    ``(prompt, response)`` returning a bool), checked on two probe responses before any model
-    work: a judge that does not import, is not callable or does not return a bool is refused.
+    """``paper``, ``strict``, ``reading`` (a language model reads each answer: see
+    :mod:`s2e_lens.engine.reading_judge`; loads its model), or ``MODULE:callable`` /
+    ``FILE.py:callable`` (a function of ``(prompt, response)`` returning a bool), checked on
+    two probe responses before any model work: a judge that does not import, is not callable
+    or does not return a bool is refused.
     """
     if spec in BUILT_IN:
         return NamedJudge(spec, BUILT_IN[spec])
+    if spec in MODEL_JUDGES:
+        module_name, _, factory = MODEL_JUDGES[spec].partition(":")
+        return NamedJudge(spec, getattr(importlib.import_module(module_name), factory).load(), trusted=True)
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
         raise InvalidInputError(
-            f"judge {spec!r}: use paper, strict, or MODULE:function / path/to/file.py:function "
+            f"judge {spec!r}: use paper, strict, reading, or MODULE:function / path/to/file.py:function "
             "(a function judge(prompt, response) -> bool)"
         )
     module = _import(where, spec)
@@ -197,19 +244,18 @@ def _import(where: str, spec: str) -> object:
 def judged_records(records: list[dict[str, Any]], judge: NamedJudge) -> list[dict[str, Any]]:
     """``records`` (generation records of a run) with ``judge``'s verdict added under its
     name: a re-scoring that needs no model. Each record must carry its prompt and text."""
-    out = []
     for i, r in enumerate(records):
         if "text" not in r or "prompt" not in r:
             raise InvalidInputError(
                 f"generation record {i} lacks its prompt or text (a run made before records kept them); rerun it"
             )
-        try:
-            verdict = judge(r["prompt"], r["text"])
-        except JudgeError as err:
-            where = f"record {i} ({r.get('label', '?')}, {r.get('set', '?')}, prompt {r.get('prompt_index', '?')})"
-            raise JudgeError(f"{err}, at {where}; nothing was written") from None
-        out.append({**r, "judges": {**r.get("judges", {}), judge.name: verdict}})
-    return out
+    try:
+        found = verdicts(judge, [(r["prompt"], r["text"]) for r in records])
+    except JudgeError as err:
+        r = records[err.index] if err.index is not None else {}
+        where = f"record {err.index} ({r.get('label', '?')}, {r.get('set', '?')}, prompt {r.get('prompt_index', '?')})"
+        raise JudgeError(f"{err.detail or err}, at {where}; nothing was written") from None
+    return [{**r, "judges": {**r.get("judges", {}), judge.name: v}} for r, v in zip(records, found, strict=True)]
 
 
 REFERENCE_LABEL = "unedited"  # the intervention every run evaluates on all of its prompt sets

@@ -290,9 +290,9 @@ class RunConfig:
         if self.behaviour != "safety":
             return
         from s2e_lens.behaviours.attacks import load_attack_set
-        from s2e_lens.core.judges import load_judge
+        from s2e_lens.core.judges import check_judge
 
-        load_judge(self.judge, timeout_s=self.judge_timeout)
+        check_judge(self.judge, timeout_s=self.judge_timeout)
         self.check_probe()
         if not self.attacks:
             raise InvalidInputError("give at least one attack set (advllm, plain or a file)")
