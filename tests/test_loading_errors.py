@@ -136,3 +136,22 @@ def test_doctor_notes_an_optional_model_that_is_not_installed(monkeypatch: pytes
     required = packaged_model_check("ghost")
     assert optional.ok and "not installed (optional" in optional.detail
     assert not required.ok and "s2e-no-such-weights==9.9.9" in required.detail
+
+
+def test_doctor_notes_static_figures_as_optional_without_a_browser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No browser: static figures are not available, which is no failure (reports keep their
+    HTML figures); a browser that is there but cannot export fails the check."""
+    from s2e_lens.experiments.health import static_export_check
+    from s2e_lens.reporting import figures
+
+    monkeypatch.setattr(figures, "can_export_static", lambda: True)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the browser crashed")
+
+    monkeypatch.setattr(figures, "save_figure", broken)
+    failed = static_export_check()
+    assert not failed.ok and "the browser crashed" in failed.detail and "chromium" in failed.fix
+    monkeypatch.setattr(figures, "can_export_static", lambda: False)
+    missing = static_export_check()
+    assert missing.ok and missing.detail.startswith("not available (optional") and "make browser" in missing.detail
