@@ -125,5 +125,5 @@ def test_check_judge_names_the_install_command_when_the_judge_model_is_missing(m
 
     monkeypatch.setattr(registry, "packaged_model", lambda name: Missing())
     with pytest.raises(S2EError, match="models pull"):
-        judges.check_judge("reading")
-    judges.check_judge("strict")  # the built-in judges need nothing installed
+        rj.check_judge("reading")
+    rj.check_judge("strict")  # the built-in judges need nothing installed

@@ -175,17 +175,6 @@ def _call_with_limit(
     return box.get("value")
 
 
-def check_judge(spec: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """What :func:`load_judge` checks, without loading a model judge's model (only that its
-    weights are installed): for a run's settings, before any model loads."""
-    if spec in MODEL_JUDGES:
-        from s2e_lens.models.registry import packaged_model
-
-        packaged_model(MODEL_JUDGE_MODELS[spec]).data_files()  # raises with the install command
-        return
-    load_judge(spec, timeout_s=timeout_s)
-
-
 def load_judge(spec: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> NamedJudge:
     """``paper``, ``strict``, ``reading`` (a language model reads each answer: see
     :mod:`s2e_lens.engine.reading_judge`; loads its model), or ``MODULE:callable`` /

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from s2e_lens.core import judges
 from s2e_lens.engine.scoring import continuation_logprobs
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import encode_prompt
@@ -126,3 +127,14 @@ def _single_token(tokenizer: Any, letter: str) -> int:
     if len(ids) != 1:
         raise ValueError(f"the judge model's tokenizer splits {letter!r} into {len(ids)} tokens")
     return int(ids[0])
+
+
+def check_judge(spec: str, *, timeout_s: float = judges.DEFAULT_TIMEOUT_S) -> None:
+    """What :func:`s2e_lens.core.judges.load_judge` checks, without loading a model judge's
+    model (only that its weights are installed): for a run's settings, before any model loads."""
+    if spec in judges.MODEL_JUDGES:
+        from s2e_lens.models.registry import packaged_model
+
+        packaged_model(judges.MODEL_JUDGE_MODELS[spec]).data_files()  # raises with the install command
+        return
+    judges.load_judge(spec, timeout_s=timeout_s)

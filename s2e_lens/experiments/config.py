@@ -290,7 +290,7 @@ class RunConfig:
         if self.behaviour != "safety":
             return
         from s2e_lens.behaviours.attacks import load_attack_set
-        from s2e_lens.core.judges import check_judge
+        from s2e_lens.engine.reading_judge import check_judge
 
         check_judge(self.judge, timeout_s=self.judge_timeout)
         self.check_probe()
