@@ -356,3 +356,35 @@ def test_doctor_passes_on_the_locked_stack() -> None:
     result = runner.invoke(app, ["doctor", "--no-figures"])
     assert result.exit_code == 0, result.output
     assert "all checks passed" in result.output and "FAIL" not in result.output
+
+
+def test_an_export_of_a_runs_plan_carries_what_the_run_measured(run_dir: Path, tiny_dirs: dict[str, Path]) -> None:
+    """The model card of `s2e export RUN/best_plan.safetensors` quotes the run's own numbers for
+    that plan (results.csv), and so does one of a plan under RUN/plans/."""
+    import pandas as pd
+
+    from s2e_lens.reporting.model_card import run_measurements
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    results = pd.read_csv(run_dir / "results.csv")
+    best = results[results["label"] == summary["best_plan"]].iloc[0]
+    out = run_dir.parent / "exported-peft"
+    invoke(
+        "export",
+        str(run_dir / "best_plan.safetensors"),
+        "--model",
+        str(tiny_dirs["llama"]),
+        "--out",
+        str(out),
+        "--format",
+        "peft",
+    )
+    card = (out / "README.md").read_text()
+    assert f"intervention `{summary['best_plan']}`" in card
+    assert f"- attribute: {best['attribute']:.3f}" in card and f"- utility: {best['utility']:.3f}" in card
+    name, file = next(iter(summary["plan_files"].items()))
+    other = run_measurements(run_dir / file)
+    assert other is not None and other["label"] == name
+    row = results[results["label"] == name].iloc[0]
+    assert other["attribute"] == pytest.approx(float(row["attribute"]))
+    assert run_measurements(run_dir.parent / "elsewhere.safetensors") is None

@@ -372,25 +372,51 @@ def export_cmd(
         bool, typer.Option("--force", help="Apply a plan even if its updates dwarf the weights they edit.")
     ] = False,
     overwrite: OverwriteOpt = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="checkpoint: the edited model as a full transformers checkpoint; peft: a LoRA adapter of the "
+            "edited output projections (rank = distinct write directions) for PEFT, vLLM, SGLang, TGI.",
+        ),
+    ] = "checkpoint",
 ) -> None:
-    """Apply a plan and write the edited model as a plain transformers checkpoint (loads with
-    AutoModelForCausalLM.from_pretrained; records the edit in s2e_edits.json).
+    """Write an edit for use outside s2e_lens, with a model card (README.md): the edited model
+    as a plain transformers checkpoint (AutoModelForCausalLM.from_pretrained), or a PEFT LoRA
+    adapter (PeftModel.from_pretrained on the unedited base). Records the edit in s2e_edits.json.
 
-    Example: s2e export runs/demo/best_plan.safetensors --out smollm2-refusal
+    Example: s2e export runs/demo/best_plan.safetensors --out smollm2-refusal --format peft
     """
     from s2e_lens.core.plan import EditPlan
-    from s2e_lens.engine.mapper import apply_plan
+    from s2e_lens.engine.mapper import apply_plan, check_plan_is_safe
     from s2e_lens.models.export import export_model
     from s2e_lens.models.loading import load_model
+    from s2e_lens.reporting import model_card
 
+    if fmt not in ("checkpoint", "peft"):
+        raise InvalidInputError(f"--format must be checkpoint or peft, got {fmt!r}")
     where = placement(dtype, device, device_map)
     check_output(out, kind="dir", overwrite=overwrite, inputs=(plan,), what="export directory", record=EXPORT_RECORD)
     p = EditPlan.load(plan)
     model = load_model(model_name, progress=False, **where)
-    apply_plan(model, p, force=force)
-    path = export_model(model, out, overwrite=overwrite)
+    measured = model_card.run_measurements(plan)
+
+    def card(directory: Path) -> None:
+        text = model_card.render(model, [p], fmt=fmt, measured=measured, base_sha256=model.card.source_sha256)
+        (directory / "README.md").write_text(text)
+
+    if fmt == "peft":
+        from s2e_lens.engine.adapters import export_adapter
+
+        check_plan_is_safe(model, p, force=force)
+        path = export_adapter(model, [p], out, overwrite=overwrite, card=card)
+        what = "as a PEFT LoRA adapter"
+    else:
+        apply_plan(model, p, force=force)
+        path = export_model(model, out, overwrite=overwrite, card=card)
+        what = "as a checkpoint"
     typer.echo(
-        f"exported {p.n_edited['heads']} head and {p.n_edited['neurons']} neuron edits of {model_name} to {path}"
+        f"exported {p.n_edited['heads']} head and {p.n_edited['neurons']} neuron edits of {model_name} {what} to {path}"
     )
 
 

@@ -26,13 +26,15 @@ def export_model(
     directory: str | Path,
     *,
     overwrite: bool = False,
+    card: Callable[[Path], None] | None = None,
     companion: Callable[[], list[Path]] | None = None,
 ) -> Path:
     """Write ``model`` (with whatever edits are applied) to ``directory`` as one output: built
     in a scratch directory beside it and renamed into place when complete. A non-empty
     ``directory`` is replaced only with ``overwrite``, and only if an earlier export made it;
-    the current directory and its parents never are. ``companion`` writes an output that must
-    land together with this one (see :func:`~s2e_lens.io.files.atomic_directory`)."""
+    the current directory and its parents never are. ``card(out)`` may add files (the model
+    card) before the directory lands; ``companion`` writes an output that must land together
+    with this one (see :func:`~s2e_lens.io.files.atomic_directory`)."""
     target = check_output(directory, kind="dir", overwrite=overwrite, what="export directory", record=EDIT_RECORD)
     hf = model.hf_model
     state = model.hf_state_dict()
@@ -57,6 +59,8 @@ def export_model(
         fresh.save_pretrained(out)
         model.tokenizer.save_pretrained(out)
         (out / EDIT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if card is not None:
+            card(out)
     return target
 
 
