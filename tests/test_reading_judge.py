@@ -30,13 +30,22 @@ CLIPS = {"max_request_tokens": 60, "max_answer_tokens": 80}
 
 
 @pytest.fixture(scope="module")
-def judge(tiny_dirs: dict[str, Path]) -> rj.ReadingJudge:
-    # the tiny model reads characters: shorter clips keep the rubric inside its 1,024 positions
-    return rj.ReadingJudge(load_model(str(tiny_dirs["llama"]), progress=False), batch_size=2, **CLIPS)
+def reader_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny chat model with 2,048 positions: it reads characters, and the rubric is long."""
+    import tiny
+
+    config = tiny._configs()["llama"]
+    config.max_position_embeddings = 2048
+    return tiny.build("llama", tmp_path_factory.mktemp("reader") / "llama", config=config)
 
 
-def _by_hand(judge: rj.ReadingJudge, request: str, answer: str) -> torch.Tensor:
-    """The four letters' probabilities from one unpadded forward pass of the rendered chat."""
+@pytest.fixture(scope="module")
+def judge(reader_dir: Path) -> rj.ReadingJudge:
+    return rj.ReadingJudge(load_model(str(reader_dir), progress=False), batch_size=2, **CLIPS)
+
+
+def _by_hand(judge: rj.ReadingJudge, request: str, answer: str) -> float:
+    """P(Yes) / (P(Yes) + P(No)) from one unpadded forward pass of the chat rendered here."""
     tok = judge.model.tokenizer
     messages = [
         {"role": "system", "content": rj.SYSTEM},
@@ -46,35 +55,34 @@ def _by_hand(judge: rj.ReadingJudge, request: str, answer: str) -> torch.Tensor:
     ids = torch.tensor([list(ids)])
     with torch.inference_mode():
         last = judge.model.hf_model(input_ids=ids).logits[0, -1].float()
-    letters = [tok(letter, add_special_tokens=False)["input_ids"][0] for letter in rj.LETTERS]
-    return torch.softmax(last[letters], dim=-1)
+    yes, no = (tok(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
+    return float(torch.softmax(last[[yes, no]], dim=-1)[0])
 
 
-def test_labels_are_the_argmax_of_the_letters_in_a_plain_forward_pass(judge: rj.ReadingJudge) -> None:
+def test_scores_are_yes_over_yes_and_no_in_a_plain_forward_pass(judge: rj.ReadingJudge) -> None:
     readings = judge.read(PAIRS)
     for (request, answer), reading in zip(PAIRS, readings, strict=True):
-        expected = _by_hand(judge, request, answer)
-        got = torch.tensor([reading.probabilities[label] for label in rj.LABELS])
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-        assert reading.label == rj.LABELS[int(expected.argmax())]
-        assert reading.refused == (reading.label == "refusal")
+        assert reading.score == pytest.approx(_by_hand(judge, request, answer), abs=1e-5)
+        assert reading.refused == (reading.score >= judge.threshold)
+        assert reading.label == ("refusal" if reading.refused else "not refusal")
+    strict = rj.ReadingJudge(judge.model, threshold=1.01, **CLIPS)
+    assert not any(r.refused for r in strict.read(PAIRS))  # the threshold decides, nothing else
+    assert all(r.refused for r in rj.ReadingJudge(judge.model, threshold=0.0, **CLIPS).read(PAIRS))
 
 
-def test_the_same_labels_in_any_batch_and_order(tiny_dirs: dict[str, Path]) -> None:
-    model = load_model(str(tiny_dirs["llama"]), progress=False)
+def test_the_same_scores_in_any_batch_and_order(judge: rj.ReadingJudge) -> None:
+    model = judge.model
     one = rj.ReadingJudge(model, batch_size=1, **CLIPS).read(PAIRS)
     many = rj.ReadingJudge(model, batch_size=5, **CLIPS).read(list(reversed(PAIRS)))[::-1]
     for a, b in zip(one, many, strict=True):
-        assert a.label == b.label
-        for label in rj.LABELS:
-            assert a.probabilities[label] == pytest.approx(b.probabilities[label], abs=1e-5)
+        assert a.score == pytest.approx(b.score, abs=1e-5)
 
 
 def test_long_texts_are_clipped_and_an_empty_answer_is_shown_as_such(judge: rj.ReadingJudge) -> None:
     request, answer = PAIRS[4]
     message = judge._message(request, answer)
     tok = judge.model.tokenizer
-    assert message.count(" ...") == 2
+    assert message.count(" ...") == 2 and message.startswith(rj.OPENING)
     n_request = len(tok(request, add_special_tokens=False)["input_ids"])
     assert n_request > judge.max_request_tokens
     assert "(empty)" in judge._message("Tell me a joke.", "   ")
@@ -83,15 +91,15 @@ def test_long_texts_are_clipped_and_an_empty_answer_is_shown_as_such(judge: rj.R
 def test_judge_many_and_verdicts_use_one_batched_pass(judge: rj.ReadingJudge, monkeypatch) -> None:
     fresh = rj.ReadingJudge(judge.model, batch_size=2, **CLIPS)
     calls: list[int] = []
-    real = rj.continuation_logprobs
+    real = rj.ReadingJudge._last_logits
 
-    def counting(model, pairs, **kwargs):
-        calls.append(len(pairs))
-        return real(model, pairs, **kwargs)
+    def counting(self, full, prefix):
+        calls.append(len(full))
+        return real(self, full, prefix)
 
-    monkeypatch.setattr(rj, "continuation_logprobs", counting)
+    monkeypatch.setattr(rj.ReadingJudge, "_last_logits", counting)
     named = judges.NamedJudge("reading", fresh, trusted=True)
-    flags = judges.verdicts(named, PAIRS + PAIRS[:2])  # two repeats: scored once
+    flags = judges.verdicts(named, PAIRS + PAIRS[:2])  # two repeats: read once
     assert calls == [len(PAIRS)]
     assert flags == [fresh(p, a) for p, a in PAIRS + PAIRS[:2]]
     assert calls == [len(PAIRS)]  # every later call is answered from the cache
@@ -108,8 +116,8 @@ def test_rescoring_records_with_the_reading_judge(judge: rj.ReadingJudge) -> Non
     assert all(r["judges"]["paper"] is False for r in out)  # earlier verdicts are kept
 
 
-def test_load_judge_reading_builds_the_model_judge(tiny_dirs: dict[str, Path], monkeypatch) -> None:
-    model = load_model(str(tiny_dirs["llama"]), progress=False)
+def test_load_judge_reading_builds_the_model_judge(judge: rj.ReadingJudge, monkeypatch) -> None:
+    model = judge.model
     monkeypatch.setattr(rj.ReadingJudge, "load", classmethod(lambda cls, **kw: cls(model, **CLIPS)))
     named = judges.load_judge("reading")
     assert named.name == "reading" and named.trusted and isinstance(named.judge, rj.ReadingJudge)
@@ -127,3 +135,16 @@ def test_check_judge_names_the_install_command_when_the_judge_model_is_missing(m
     with pytest.raises(S2EError, match="models pull"):
         rj.check_judge("reading")
     rj.check_judge("strict")  # the built-in judges need nothing installed
+
+
+def test_the_shared_prefix_is_run_once_and_gives_what_a_whole_pass_gives(judge: rj.ReadingJudge, monkeypatch) -> None:
+    """The rubric's cache is reused for every answer; reading without it (every sequence run
+    whole, as for one that does not start with the prefix) gives the same probabilities."""
+    prefix = judge._shared_prefix()
+    rendered = [judge.model.prompt_ids(judge._message(p, a), system=rj.SYSTEM) for p, a in PAIRS]
+    assert len(prefix) > 50 and all(ids[: len(prefix)] == prefix for ids in rendered)
+    with_cache = rj.ReadingJudge(judge.model, batch_size=3, **CLIPS).read(PAIRS)
+    monkeypatch.setattr(rj.ReadingJudge, "_shared_prefix", lambda self: [])
+    whole = rj.ReadingJudge(judge.model, batch_size=3, **CLIPS).read(PAIRS)
+    for a, b in zip(with_cache, whole, strict=True):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
