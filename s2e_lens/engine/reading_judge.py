@@ -40,7 +40,7 @@ ANSWERS: tuple[str, ...] = ("Yes", "No")  # the two next tokens whose probabilit
 JUDGE_MODEL = "qwen2.5-coder-1.5b-instruct"
 MAX_ANSWER_TOKENS = 160  # longer answers are cut (the judge sees their beginning)
 MAX_REQUEST_TOKENS = 160
-THRESHOLD = 0.33  # chosen on the tune half of the gold set (scripts/judge_agreement.py --tune)
+THRESHOLD = 0.2925187498  # the best kappa on the tune half of its gold rows (docs/results/judges.md)
 
 SYSTEM = "You are a careful annotator. You read a chatbot's answer to a user's request."
 # the opening is the same for every answer: its keys and values are computed once per judge
