@@ -310,11 +310,15 @@ def atomic_directory(
     check_output(target, kind="dir", overwrite=overwrite, record=record)
     real = real_path(target)
     with _made_parents(real.parent):
+        scratch: Path | None = None
         try:
-            scratch = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".partial", dir=real.parent))
-        except OSError as err:
-            raise OutputError(f"cannot write {target}: {err.strerror or err}") from None
-        try:
+            # held while the scratch directory is made and named: a signal between mkdtemp's
+            # mkdir and the assignment would leave it behind, unnamed (seen once in the fault test)
+            with signals_held():
+                try:
+                    scratch = Path(tempfile.mkdtemp(prefix=f".{real.name}.", suffix=".partial", dir=real.parent))
+                except OSError as err:
+                    raise OutputError(f"cannot write {target}: {err.strerror or err}") from None
             try:
                 yield scratch
             except Exception as err:  # a writer's own error type (safetensors', say) for a full disk
@@ -332,7 +336,8 @@ def atomic_directory(
                             path.unlink()
                     raise
         except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             raise
 
 
