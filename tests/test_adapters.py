@@ -219,3 +219,22 @@ def test_s2e_export_writes_the_format_and_a_model_card(tiny_dirs: dict[str, Path
     assert ("PeftModel.from_pretrained" in card) == (fmt == "peft")
     bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "other"), "--format", "gguf"])
     assert bad.exit_code == 2 and "--format must be checkpoint or peft" in bad.output
+
+
+def test_s2e_edit_export_carries_the_same_model_card(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """``s2e edit --export DIR`` writes the card ``s2e export`` would: the plan it just made,
+    with its edited heads and their lambdas."""
+    from typer.testing import CliRunner
+
+    from s2e_lens.cli import app
+
+    model = load_model(str(tiny_dirs["llama"]), progress=False)
+    plan = _plan(model)
+    plan.save(tmp_path / "plan")
+    args = ["edit", str(tmp_path / "plan.safetensors"), "--model", str(tiny_dirs["llama"])]
+    result = CliRunner().invoke(app, [*args, "--export", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "exp" / "README.md").read_text()
+    first = plan.edited_heads.nonzero().tolist()[0]
+    assert f"L{first[0]}H{first[1]} ({float(plan.head_lambda[first[0], first[1]]):+.3f})" in card
+    assert "AutoModelForCausalLM.from_pretrained" in card

@@ -280,8 +280,17 @@ def edit_cmd(
 
     if export:  # the plan and the export land together or not at all
         from s2e_lens.models.export import export_model
+        from s2e_lens.reporting import model_card
 
-        export_model(model, export, overwrite=overwrite, companion=save_plan)
+        measured = model_card.run_measurements(source) if kind != "contrastive_statistics" else None
+
+        def card(directory: Path) -> None:
+            text = model_card.render(
+                model, [plan], fmt="checkpoint", measured=measured, base_sha256=model.card.source_sha256
+            )
+            (directory / "README.md").write_text(text)
+
+        export_model(model, export, overwrite=overwrite, card=card, companion=save_plan)
     else:
         save_plan()
     answers = [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompt or [], before, after, strict=True)]

@@ -76,9 +76,13 @@ def adapter_config(model: LoadedModel, ranks: dict[str, int], base: str) -> dict
     rank and ``alpha = rank`` (scaling 1); Conv1D projections (GPT-2) set ``fan_in_fan_out``."""
     from peft import LoraConfig
 
-    from s2e_lens.engine.mapper import output_projection
-
-    conv = isinstance(output_projection(model, "attn", 0), Conv1D)
+    # by the weight's storage, as module_names found the names (the bridge may re-house a module)
+    conv1d = {m.weight.data_ptr() for m in model.hf_model.modules() if isinstance(m, Conv1D)}
+    state = model.hf_state_dict()
+    layouts = {state[f"{name}.weight"].data_ptr() in conv1d for name in ranks}
+    if len(layouts) != 1:  # PEFT has one fan_in_fan_out per adapter
+        raise InvalidInputError("the edited projections mix Linear and Conv1D layers: one adapter cannot hold both")
+    (conv,) = layouts
     top = max(ranks.values())
     config = LoraConfig(
         r=top,
