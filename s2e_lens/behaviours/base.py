@@ -49,6 +49,10 @@ class Suite:
     # the attribute alone, as cheaply as it can be had (e.g. refusal on the attack set only), for
     # selections that score every grid point on it; None: ``attribute``
     attribute_only: Measure | None = None
+    # the measures reach the model only through the engine's generation and scoring (never
+    # ``model.hf_model`` or the bridge directly): sweeps may then run every intervention's
+    # measures together in shared batches (engine.shared_batches)
+    shareable: bool = False
 
     def measure(self, model: LoadedModel) -> dict[str, Any]:
         """One row of named figures. A measure may also return per-item scores under

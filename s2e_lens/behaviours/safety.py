@@ -251,6 +251,7 @@ def safety_suite(
             "n_gsm8k": len(gsm8k_items),
         },
         attack_only,
+        shareable=True,
     )
 
 

@@ -148,6 +148,7 @@ def truthfulness_suite(
         utility_measure(mc_items, benign_pairs, by_generation=by_generation, gsm8k_items=gsm8k_items),
         KLReference(model, benign_pairs[:16]) if benign_pairs else None,
         {"n_test": len(test_items), "n_mc": len(mc_items), "n_probe": len(probe_prompts)},
+        shareable=True,
     )
 
 

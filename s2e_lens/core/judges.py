@@ -14,7 +14,7 @@ import importlib.util
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from s2e_lens.core import metrics
@@ -110,6 +110,9 @@ class NamedJudge:
     judge: metrics.Judge
     timeout_s: float | None = None  # None: no limit (the built-in judges)
     trusted: bool = False  # the toolkit's own judges: no time limit, no type check per call
+    # held while :func:`verdicts` judges a list: measures in shared batches run in threads, and
+    # a judge (a model judge, a user's function) is called by one of them at a time
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __call__(self, prompt: str, response: str) -> bool:
         if self.trusted or (self.name in BUILT_IN and self.judge is BUILT_IN[self.name]):
@@ -127,6 +130,13 @@ def verdicts(judge: metrics.Judge, pairs: list[tuple[str, str]]) -> list[bool]:
     """``judge``'s verdict on each (prompt, response): in batches where the judge scores in
     batches (``judge_many``, the model judges), else one call at a time. A failing call
     raises :class:`JudgeError` naming the prompt's position."""
+    if isinstance(judge, NamedJudge):
+        with judge.lock:
+            return _verdicts(judge, pairs)
+    return _verdicts(judge, pairs)
+
+
+def _verdicts(judge: metrics.Judge, pairs: list[tuple[str, str]]) -> list[bool]:
     inner = judge.judge if isinstance(judge, NamedJudge) and judge.trusted else judge
     many = getattr(inner, "judge_many", None)
     if callable(many):

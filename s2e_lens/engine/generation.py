@@ -7,6 +7,7 @@ steered model (hooks active), so comparisons differ only in the intervention.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationMixin
 
 from s2e_lens.engine.batching import BatchSize, in_chunks, resolve
+from s2e_lens.engine.mixed import RowSlots
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import pad
@@ -63,11 +65,16 @@ def generate(
     settings: GenerationSettings | None = None,
     *,
     progress: bool = False,
+    rows: RowSlots | None = None,
 ) -> list[Generation]:
     """Generate for each prompt (``settings.n`` samples each, prompt-major order). A batch
     holds ``batch_size`` sequences: ``batch_size // n`` prompts with their n samples, which
-    share one prefill of the prompt (``share_prefill``)."""
+    share one prefill of the prompt (``share_prefill``). ``rows`` gives each prompt its own
+    intervention (a mixed batch, :mod:`s2e_lens.engine.mixed`); a model that is one slot of
+    shared batches (:mod:`s2e_lens.engine.shared_batches`) sends its prompts there."""
     settings = settings or GenerationSettings()
+    if model.shared is not None:
+        return cast(list[Generation], model.shared.generate(prompts, settings))
     tok = model.tokenizer
     hf = cast(GenerationMixin, model.hf_model)
     eos_ids = eos_token_ids(model)
@@ -90,32 +97,35 @@ def generate(
         batch = pad([ids for _, ids in chunk], pad_id, "left")  # generate() continues at the right end
         ids, mask = batch.input_ids.to(model.device), batch.attention_mask.to(model.device)
         extra: dict[str, object] = {}
+        where = [i for i, _ in chunk]
         with torch.inference_mode():
             if share:
-                prefix = hf(  # type: ignore[operator]
-                    input_ids=ids[:, :-1],
-                    attention_mask=mask[:, :-1],
-                    position_ids=batch.position_ids[:, :-1].to(model.device),
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+                with rows.of(where) if rows is not None else contextlib.nullcontext():
+                    prefix = hf(  # type: ignore[operator]
+                        input_ids=ids[:, :-1],
+                        attention_mask=mask[:, :-1],
+                        position_ids=batch.position_ids[:, :-1].to(model.device),
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
                 cache = prefix.past_key_values
                 cache.batch_repeat_interleave(n)
                 extra["cache"] = cache  # transformers >= 5.24 name (past_key_values is deprecated)
             if n > 1:
                 ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-            result = hf.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=sampling,
-                temperature=settings.temperature if sampling else None,
-                top_p=settings.top_p if sampling else None,
-                top_k=None,
-                eos_token_id=eos_ids,
-                pad_token_id=pad_id,
-                **extra,
-            )
+            with rows.of(where, repeat=n) if rows is not None else contextlib.nullcontext():
+                result = hf.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=sampling,
+                    temperature=settings.temperature if sampling else None,
+                    top_p=settings.top_p if sampling else None,
+                    top_k=None,
+                    eos_token_id=eos_ids,
+                    pad_token_id=pad_id,
+                    **extra,
+                )
         return result[:, ids.shape[1] :].cpu()
 
     out: list[Generation] = []

@@ -55,14 +55,19 @@ def shift_hook(shift: Float[torch.Tensor, " d_model"]) -> Callable[..., torch.Te
     return add
 
 
-def steering_hooks(vectors: SteeringVectors, gamma: float) -> list[Hook]:
-    """Hooks adding ``gamma * v_attn[l]`` at every layer's attention output and
-    ``gamma * v_mlp[l]`` at its MLP output (before any post-norm, raw vectors)."""
-    hooks: list[Hook] = []
+def steering_shifts(vectors: SteeringVectors, gamma: float) -> dict[tuple[str, int], torch.Tensor]:
+    """What steering adds, by (block output, layer): ``gamma * v_attn[l]`` at every layer's
+    attention output and ``gamma * v_mlp[l]`` at its MLP output (before any post-norm, raw vectors)."""
+    shifts: dict[tuple[str, int], torch.Tensor] = {}
     for layer in range(vectors.n_layers):
-        hooks.append((hook_name("attn_out", layer), shift_hook(gamma * vectors.v_attn[layer])))
-        hooks.append((hook_name("mlp_out", layer), shift_hook(gamma * vectors.v_mlp[layer])))
-    return hooks
+        shifts[("attn_out", layer)] = gamma * vectors.v_attn[layer]
+        shifts[("mlp_out", layer)] = gamma * vectors.v_mlp[layer]
+    return shifts
+
+
+def steering_hooks(vectors: SteeringVectors, gamma: float) -> list[Hook]:
+    """Hooks adding :func:`steering_shifts` at their block outputs."""
+    return [(hook_name(point, layer), shift_hook(v)) for (point, layer), v in steering_shifts(vectors, gamma).items()]  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

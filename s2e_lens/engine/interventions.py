@@ -26,8 +26,9 @@ from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.settings import EditSettings
 from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
-from s2e_lens.engine.hooks import Hook, hook_name, hooked, shift_hook, steering_hooks
+from s2e_lens.engine.hooks import Hook, hook_name, hooked, shift_hook, steering_hooks, steering_shifts
 from s2e_lens.engine.mapper import apply_plan
+from s2e_lens.engine.mixed import RowEffect
 from s2e_lens.engine.planning import compute_plan, model_weights, orthogonalisation_plan
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.identity import check_identity
@@ -68,6 +69,9 @@ class Intervention:
     hooks: list[Hook] = field(default_factory=list)
     force: bool = False  # apply the plan even if its updates dwarf the weights (mapper.check_plan_is_safe)
     made_for: dict[str, Any] | None = None  # identity of the model its vectors or plan came from
+    # what ``hooks`` add, by (block output, layer), where they are fixed shifts: lets the
+    # intervention act on some rows of a batch only (engine.mixed)
+    shifts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def apply(self, model: LoadedModel) -> Handle:
         """Apply to ``model`` (after checking it is the model this was made for)."""
@@ -89,6 +93,26 @@ class Intervention:
             yield handle
         finally:
             handle.remove()
+
+    def check(self, model: LoadedModel) -> None:
+        """What :meth:`apply` checks, without applying: made for this model, and a plan safe
+        to apply (unless forced)."""
+        from s2e_lens.engine.mapper import check_plan_is_safe
+
+        identity = self.made_for or (self.plan.model if self.plan is not None else None)
+        if identity is not None:
+            check_identity(identity, model, f"the intervention {self.label!r}")
+        if self.plan is not None:
+            check_plan_is_safe(model, self.plan, force=self.force)
+
+    def row_effect(self) -> RowEffect | None:
+        """This intervention as an effect on some rows of a batch (:mod:`s2e_lens.engine.mixed`),
+        or None where it cannot be one (hooks of the user's that are not fixed shifts)."""
+        if self.plan is not None:
+            return RowEffect.of_plans([self.plan])
+        if self.hooks and not self.shifts:
+            return None
+        return RowEffect(shifts=dict(self.shifts))
 
     def describe(self) -> dict[str, Any]:
         row: dict[str, Any] = {"kind": self.kind, "label": self.label, **self.params}
@@ -117,7 +141,10 @@ def steering(vectors: SteeringVectors, gamma: float) -> Intervention:
     if not (torch.isfinite(vectors.v_attn).all() and torch.isfinite(vectors.v_mlp).all()):
         raise InvalidInputError("the steering vectors have NaN or infinite values; recompute them")
     hooks = steering_hooks(vectors, gamma) if gamma != 0 else []
-    return Intervention("steer", f"steer gamma={gamma:g}", {"gamma": gamma}, hooks=hooks, made_for=vectors.model)
+    shifts = steering_shifts(vectors, gamma) if gamma != 0 else {}
+    return Intervention(
+        "steer", f"steer gamma={gamma:g}", {"gamma": gamma}, hooks=hooks, made_for=vectors.model, shifts=shifts
+    )
 
 
 def steering_sweep(vectors: SteeringVectors, gammas: Sequence[float]) -> list[Intervention]:
@@ -244,4 +271,5 @@ def iti(model: LoadedModel, stats: ContrastiveStatistics, k: int, gamma: float) 
         {"k": k, "gamma": gamma, "heads": chosen},
         hooks=hooks,
         made_for=stats.model,
+        shifts={("attn_out", layer): shift for layer, shift in per_layer.items()},
     )

@@ -7,8 +7,10 @@ same call measures any intervention.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from jaxtyping import Float
@@ -17,11 +19,13 @@ from tqdm.auto import tqdm
 from s2e_lens.core import metrics
 from s2e_lens.core.items import MultipleChoice
 from s2e_lens.engine.batching import BatchSize, in_chunks, resolve
+from s2e_lens.engine.mixed import MixedHooks, RowSlots
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import encode_prompt, encode_response, pad, pad_token_id
 
 DEFAULT_BATCH_SIZE = 16  # on the CPU
+MIXED_KL_TEXTS = 64  # texts per batch of a mixed KL pass (each keeps full-vocabulary rows)
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,18 @@ def continuation_logprobs(
     *,
     batch_size: BatchSize = None,
     progress: bool = False,
+    rows: RowSlots | None = None,
 ) -> Iterator[tuple[int, Float[torch.Tensor, "n_cont vocab"]]]:
     """For each (context, continuation) pair of token ids, the log-softmax over the vocabulary
     at the positions that predict the continuation's tokens. Yields ``(index, logprobs)`` in
     batches sorted by length (not in input order). Left padding with explicit position ids, so
-    a padded row computes exactly what it would alone; logits only where they are needed."""
+    a padded row computes exactly what it would alone; logits only where they are needed.
+    ``rows`` gives each pair its own intervention (a mixed batch)."""
+    if model.shared is not None:
+        raise InvalidInputError(
+            "continuation_logprobs keeps every row's full-vocabulary log-probabilities; in shared "
+            "batches use score_continuations or a KLReference, which reduce them as they go"
+        )
     pad_id = pad_token_id(model.tokenizer)
     for i, (ctx, cont) in enumerate(pairs):
         if not cont:
@@ -58,7 +69,7 @@ def continuation_logprobs(
         # left padding: every continuation ends at the last position
         batch = pad([pairs[i][0] + pairs[i][1] for i in idx], pad_id, "left")
         keep = max(len(pairs[i][1]) for i in idx) + 1  # logits only where a continuation is predicted
-        with torch.inference_mode():
+        with torch.inference_mode(), rows.of(idx) if rows is not None else contextlib.nullcontext():
             logits = model.hf_model(
                 input_ids=batch.input_ids.to(model.device),
                 attention_mask=batch.attention_mask.to(model.device),
@@ -83,10 +94,13 @@ def score_continuations(
     *,
     batch_size: BatchSize = None,
     progress: bool = False,
+    rows: RowSlots | None = None,
 ) -> list[Scored]:
     """Log-probability of each continuation (token ids) given its context (token ids)."""
+    if model.shared is not None:
+        return cast(list[Scored], model.shared.score(pairs, batch_size))
     out: list[Scored | None] = [None] * len(pairs)
-    for i, logp in continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress):
+    for i, logp in continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress, rows=rows):
         cont = torch.tensor(pairs[i][1], device=logp.device)
         out[i] = Scored(float(logp.gather(-1, cont[:, None]).sum()), len(pairs[i][1]))
     return [s for s in out if s is not None]
@@ -151,8 +165,23 @@ class KLReference:
     def kl_by_text(self, model: LoadedModel) -> list[list[float]]:
         """KL(reference || current) at every scored position, one row per text (rows differ
         in length); the mean over all entries is :meth:`kl`."""
+        if model.shared is not None:
+            return model.shared.kl_by_text(self)
         current = self._logprobs(model)
         return [[float(v) for v in metrics.kl_per_position(r, c)] for r, c in zip(self.reference, current, strict=True)]
+
+    def kl_by_text_mixed(self, model: LoadedModel, hooks: MixedHooks, slots: Sequence[int]) -> list[list[list[float]]]:
+        """:meth:`kl_by_text` under each of ``slots`` of ``hooks`` at once (each text scored once
+        per slot, in mixed batches), reduced to KL as each batch finishes."""
+        n = len(self.encoded)
+        pairs = [pair for _ in slots for pair in self.encoded]
+        size = self.batch_size if self.batch_size == "auto" else min(self.batch_size * len(slots), MIXED_KL_TEXTS)
+        out: list[list[list[float]]] = [[[] for _ in range(n)] for _ in slots]
+        rows = RowSlots(hooks, [s for s in slots for _ in range(n)])
+        for i, logp in continuation_logprobs(model, pairs, batch_size=size, rows=rows):
+            k, t = divmod(i, n)
+            out[k][t] = [float(v) for v in metrics.kl_per_position(self.reference[t], logp.cpu())]
+        return out
 
     def kl(self, model: LoadedModel) -> float:
         """The mean KL per position over all texts (longer texts weigh more)."""

@@ -172,6 +172,9 @@ class RunConfig:
     check_answers: bool = True
     # interventions with more than this share of degenerate generations are excluded
     max_degenerate: float = field(default=DEGENERATE_LIMIT, metadata=between(0.0, 1.0))
+    # every intervention's generation and scoring in shared batches, each row under its own
+    # intervention (engine.shared_batches), where the suite allows it; false: one at a time
+    shared_batches: bool = True
     # how generated attributes are measured (safety): decoding, judge, attack sets
     samples: int = field(default=1, metadata=at_least(1))  # completions per prompt (more than 1 needs temperature > 0)
     temperature: float | None = field(

@@ -99,10 +99,17 @@ def run(
     lap("plans")
     tune_results = None
     if config.selection == "paper":  # every candidate on the attribute; the top ones evaluated fully
-        kept, screening = sweep.paper_selection(model, suite, candidates, top=config.keep_edits, progress=progress)
+        kept, screening = sweep.paper_selection(
+            model, suite, candidates, top=config.keep_edits, progress=progress, shared=config.shared_batches
+        )
     else:
         kept, screening = sweep.prune(
-            model, candidates, suite.kl_reference, max_kl=config.max_kl, keep=config.keep_edits
+            model,
+            candidates,
+            suite.kl_reference,
+            max_kl=config.max_kl,
+            keep=config.keep_edits,
+            shared=config.shared_batches,
         )
     if config.selection == "heldout":  # choose on the tune split, report on the test split
         tune_results = sweep.run(
@@ -112,6 +119,7 @@ def run(
             progress=progress,
             max_degenerate=config.max_degenerate,
             include_unedited=include_unedited,
+            shared=config.shared_batches,
         )
         kept = sweep.heldout_selection(tune_results, kept, keep=config.keep_edits)
     lap("pruning")
@@ -130,6 +138,7 @@ def run(
         max_degenerate=config.max_degenerate,
         records=records,
         include_unedited=include_unedited,
+        shared=config.shared_batches,
     )
     lap("evaluation")
     speed: dict[str, float] = {}

@@ -5,8 +5,8 @@ intervention with a behaviour's suite. The comparison of the results is pure
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -16,23 +16,66 @@ from s2e_lens.core.comparison import DEGENERATE_LIMIT
 from s2e_lens.core.intervals import rate_interval
 from s2e_lens.engine.interventions import Intervention, unedited
 from s2e_lens.engine.scoring import KLReference
+from s2e_lens.engine.shared_batches import SharedBatches
 from s2e_lens.models.loaded import LoadedModel
 
 Records = dict[str, dict[str, Any]]  # label -> {"items": per-item scores, "generations": records}
+T = TypeVar("T")
+
+
+def sharing(interventions: Sequence[Intervention], shared: bool = True) -> bool:
+    """Whether :func:`measure_each` runs these in shared batches: asked for, more than one, and
+    each one able to act on some rows of a batch only."""
+    return shared and len(interventions) > 1 and all(i.row_effect() is not None for i in interventions)
+
+
+def measure_each(
+    model: LoadedModel,
+    interventions: Sequence[Intervention],
+    fn: Callable[[LoadedModel], T],
+    *,
+    shared: bool = True,
+    progress: bool = False,
+    desc: str = "interventions",
+) -> list[T]:
+    """``fn(model)`` under each intervention, in order. With ``shared`` (and where every
+    intervention can act on some rows of a batch: steering, edits, ITI, the unedited model) the
+    calls run together in shared batches (:mod:`s2e_lens.engine.shared_batches`); otherwise one
+    intervention at a time, each applied and removed around its call."""
+    if sharing(interventions, shared):
+        effects = [i.row_effect() for i in interventions]
+        for i in interventions:
+            i.check(model)
+        batches = SharedBatches(model, [e for e in effects if e is not None])
+        try:
+            return batches.measure(fn)
+        except Exception as e:
+            slot = getattr(e, "slot", None)
+            if slot is not None:
+                e.add_note(f"while measuring {interventions[slot].label!r} (in shared batches)")
+            raise
+    out = []
+    for item in tqdm(interventions, desc=desc, disable=not progress):
+        with item.active(model):
+            out.append(fn(model))
+    return out
 
 
 def prune(
-    model: LoadedModel, candidates: Sequence[Intervention], reference: KLReference, *, max_kl: float, keep: int
+    model: LoadedModel,
+    candidates: Sequence[Intervention],
+    reference: KLReference,
+    *,
+    max_kl: float,
+    keep: int,
+    shared: bool = True,
 ) -> tuple[list[Intervention], pd.DataFrame]:
     """Cheap screening before any generation: KL on a few benign texts for each candidate.
     Drops candidates whose KL exceeds ``max_kl`` (they break the model), then keeps ``keep``
     of the survivors spread evenly over their KL range (mild to strong), so the frontier is
     sampled across its length. Returns the kept candidates and the screening table."""
-    rows = []
-    for c in candidates:
-        with c.active(model):
-            kl = reference.kl(model)
-        rows.append({**c.describe(), "screen_kl": kl, "kept": False})
+    kls = measure_each(model, candidates, reference.kl, shared=shared)
+    rows = [{**c.describe(), "screen_kl": kl, "kept": False} for c, kl in zip(candidates, kls, strict=True)]
     frame = pd.DataFrame(rows)
     ok = [i for i, r in enumerate(rows) if r["screen_kl"] <= max_kl]
     # spread the survivors over their KL range, so the frontier is sampled from mild to strong
@@ -54,6 +97,7 @@ def run(
     max_degenerate: float = DEGENERATE_LIMIT,
     records: Records | None = None,
     include_unedited: bool = True,
+    shared: bool | None = None,
 ) -> pd.DataFrame:
     """Measure every intervention (the unedited model is always included). A row whose
     ``degenerate`` share exceeds ``max_degenerate`` gets ``degenerate_flag`` (see
@@ -61,15 +105,27 @@ def run(
     gets 95% intervals (``attribute_low/high``, ``utility_low/high``: Wilson over prompts, or
     the bootstrap over prompts with several samples each); ``records`` (if given) receives
     each label's per-item scores and generation records. ``include_unedited=False`` leaves the
-    unedited model out (when another sweep of the same suite measured it)."""
+    unedited model out (when another sweep of the same suite measured it). ``shared``: every
+    intervention in shared batches (:func:`measure_each`; None: where the suite is
+    ``shareable``); each row's ``seconds`` is then its share of the whole evaluation's time."""
+    shared = suite.shareable if shared is None else shared and suite.shareable
     todo = list(interventions)
     if include_unedited and not any(i.kind == "none" for i in todo):
         todo.insert(0, unedited())
     rows = []
-    for item in tqdm(todo, desc=f"{suite.behaviour} sweep", disable=not progress):
-        started = time.perf_counter()
-        with item.active(model):
-            figures = suite.measure(model)
+    took: list[float] = []
+
+    def timed(m: LoadedModel) -> dict[str, Any]:
+        began = time.perf_counter()
+        figures = suite.measure(m)
+        took.append(time.perf_counter() - began)
+        return figures
+
+    started = time.perf_counter()
+    measured = measure_each(model, todo, timed, shared=shared, progress=progress, desc=f"{suite.behaviour} sweep")
+    together = sharing(todo, shared)
+    each = [(time.perf_counter() - started) / len(todo)] * len(todo) if together else took
+    for item, figures, seconds in zip(todo, measured, each, strict=True):
         items = figures.pop(ITEMS, {})
         generations = figures.pop(GENERATIONS, [])
         row = {**item.describe(), **figures}
@@ -81,7 +137,7 @@ def run(
         row["degenerate_flag"] = bool(row.get("degenerate", 0.0) > max_degenerate)
         if generations:
             row["generated_tokens"] = sum(int(g.get("n_tokens", 0)) for g in generations)
-        rows.append({**row, "seconds": round(time.perf_counter() - started, 1)})
+        rows.append({**row, "seconds": round(seconds, 1)})
         if records is not None:
             records[item.label] = {"items": items, "generations": generations}
     # nothing to measure (e.g. every candidate failed the screen): an empty table, same columns
@@ -89,16 +145,25 @@ def run(
 
 
 def paper_selection(
-    model: LoadedModel, suite: Suite, candidates: Sequence[Intervention], *, top: int, progress: bool = True
+    model: LoadedModel,
+    suite: Suite,
+    candidates: Sequence[Intervention],
+    *,
+    top: int,
+    progress: bool = True,
+    shared: bool | None = None,
 ) -> tuple[list[Intervention], pd.DataFrame]:
     """The reference's selection: every candidate scored on the attribute alone (no KL
     screen), the ``top`` by attribute kept for the full evaluation (attribute and utility).
     Returns the kept candidates and the table of every candidate's attribute."""
-    rows = []
-    for c in tqdm(candidates, desc="attribute of every candidate", disable=not progress):
-        with c.active(model):
-            figures = (suite.attribute_only or suite.attribute)(model)
-        rows.append({**c.describe(), "attribute": figures["attribute"], "kept": False})
+    measure = suite.attribute_only or suite.attribute
+    shared = suite.shareable if shared is None else shared and suite.shareable
+    figures = measure_each(
+        model, candidates, measure, shared=shared, progress=progress, desc="attribute of every candidate"
+    )
+    rows = [
+        {**c.describe(), "attribute": f["attribute"], "kept": False} for c, f in zip(candidates, figures, strict=True)
+    ]
     frame = pd.DataFrame(rows)
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["attribute"])[:top]  # stable: grid order breaks ties
     for i in order:

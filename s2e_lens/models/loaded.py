@@ -14,6 +14,7 @@ from s2e_lens.models.card import ModelCard
 
 if TYPE_CHECKING:
     from s2e_lens.engine.mapper import AppliedPlan
+    from s2e_lens.engine.shared_batches import SharedSlot
 
 
 class ContextLengthError(S2EError):
@@ -39,6 +40,9 @@ class LoadedModel:
     applied_plans: list[AppliedPlan] = field(default_factory=list)  # in the order applied (engine.mapper)
     steering: list[str] = field(default_factory=list)  # active hook interventions, described
     _prompt_ids: dict[tuple[str, str | None], tuple[int, ...]] = field(default_factory=dict, repr=False)
+    # set on the per-intervention views of shared batches (engine.shared_batches): the engine's
+    # generation and scoring send their work there instead of running it alone
+    shared: SharedSlot | None = field(default=None, repr=False, compare=False)
 
     def prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
         """The rendered prompt's token ids (:func:`s2e_lens.models.tokens.encode_prompt`),
