@@ -40,9 +40,10 @@ def _every_kind(model, stats):  # type: ignore[no-untyped-def]
     ]
 
 
-# the layouts that differ for the hooks: Llama (plain), Qwen2 (biases), Gemma 3 (post-norms after
-# each block output), GPT-2 (Conv1D projections, fused qkv), GPT-NeoX (parallel attention and MLP)
-FAMILIES = ["llama", "qwen2", "gemma3", "gpt2", "gpt_neox"]
+# the layouts that differ for the hooks: Llama (plain), Gemma 3 (post-norms after each block
+# output), GPT-2 (Conv1D projections, fused qkv), GPT-NeoX (parallel attention and MLP). All eight
+# tiny families gave exact tokens when this was written; these four keep CI inside its time.
+FAMILIES = ["llama", "gemma3", "gpt2", "gpt_neox"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
