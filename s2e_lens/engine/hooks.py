@@ -65,9 +65,9 @@ def steering_shifts(vectors: SteeringVectors, gamma: float) -> dict[tuple[str, i
     return shifts
 
 
-def steering_hooks(vectors: SteeringVectors, gamma: float) -> list[Hook]:
-    """Hooks adding :func:`steering_shifts` at their block outputs."""
-    return [(hook_name(point, layer), shift_hook(v)) for (point, layer), v in steering_shifts(vectors, gamma).items()]  # type: ignore[arg-type]
+def shift_hooks(shifts: dict[tuple[str, int], torch.Tensor]) -> list[Hook]:
+    """A :func:`shift_hook` at each (block output, layer) of ``shifts``."""
+    return [(hook_name(point, layer), shift_hook(v)) for (point, layer), v in shifts.items()]  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from s2e_lens.core.plan import EditPlan
 from s2e_lens.core.settings import EditSettings
 from s2e_lens.core.statistics import ContrastiveStatistics
 from s2e_lens.core.vectors import SteeringVectors
-from s2e_lens.engine.hooks import Hook, hook_name, hooked, shift_hook, steering_hooks, steering_shifts
+from s2e_lens.engine.hooks import Hook, hooked, shift_hooks, steering_shifts
 from s2e_lens.engine.mapper import apply_plan
 from s2e_lens.engine.mixed import RowEffect
 from s2e_lens.engine.planning import compute_plan, model_weights, orthogonalisation_plan
@@ -73,11 +73,14 @@ class Intervention:
     # intervention act on some rows of a batch only (engine.mixed)
     shifts: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def apply(self, model: LoadedModel) -> Handle:
-        """Apply to ``model`` (after checking it is the model this was made for)."""
+    def _check_made_for(self, model: LoadedModel) -> None:
         identity = self.made_for or (self.plan.model if self.plan is not None else None)
         if identity is not None:
             check_identity(identity, model, f"the intervention {self.label!r}")
+
+    def apply(self, model: LoadedModel) -> Handle:
+        """Apply to ``model`` (after checking it is the model this was made for)."""
+        self._check_made_for(model)
         if self.plan is not None:
             applied = apply_plan(model, self.plan, on_conflict="ignore", force=self.force)
             return Handle(self.label, applied.remove)
@@ -99,19 +102,23 @@ class Intervention:
         to apply (unless forced)."""
         from s2e_lens.engine.mapper import check_plan_is_safe
 
-        identity = self.made_for or (self.plan.model if self.plan is not None else None)
-        if identity is not None:
-            check_identity(identity, model, f"the intervention {self.label!r}")
+        self._check_made_for(model)
         if self.plan is not None:
             check_plan_is_safe(model, self.plan, force=self.force)
 
+    @property
+    def can_share(self) -> bool:
+        """Whether it can act on some rows of a batch only: a plan, fixed shifts or nothing
+        (not hooks of the user's that are not fixed shifts)."""
+        return self.plan is not None or not self.hooks or bool(self.shifts)
+
     def row_effect(self) -> RowEffect | None:
         """This intervention as an effect on some rows of a batch (:mod:`s2e_lens.engine.mixed`),
-        or None where it cannot be one (hooks of the user's that are not fixed shifts)."""
+        or None where it cannot be one (:attr:`can_share`)."""
+        if not self.can_share:
+            return None
         if self.plan is not None:
             return RowEffect.of_plans([self.plan])
-        if self.hooks and not self.shifts:
-            return None
         return RowEffect(shifts=dict(self.shifts))
 
     def describe(self) -> dict[str, Any]:
@@ -140,10 +147,14 @@ def steering(vectors: SteeringVectors, gamma: float) -> Intervention:
     gamma = check_gamma(gamma)
     if not (torch.isfinite(vectors.v_attn).all() and torch.isfinite(vectors.v_mlp).all()):
         raise InvalidInputError("the steering vectors have NaN or infinite values; recompute them")
-    hooks = steering_hooks(vectors, gamma) if gamma != 0 else []
     shifts = steering_shifts(vectors, gamma) if gamma != 0 else {}
     return Intervention(
-        "steer", f"steer gamma={gamma:g}", {"gamma": gamma}, hooks=hooks, made_for=vectors.model, shifts=shifts
+        "steer",
+        f"steer gamma={gamma:g}",
+        {"gamma": gamma},
+        hooks=shift_hooks(shifts),
+        made_for=vectors.model,
+        shifts=shifts,
     )
 
 
@@ -264,12 +275,12 @@ def iti(model: LoadedModel, stats: ContrastiveStatistics, k: int, gamma: float) 
     for layer, head in chosen:
         shift = gamma * vectors.v_head[layer, head]
         per_layer[layer] = per_layer[layer] + shift if layer in per_layer else shift
-    hooks: list[Hook] = [(hook_name("attn_out", layer), shift_hook(shift)) for layer, shift in per_layer.items()]
+    shifts = {("attn_out", layer): shift for layer, shift in per_layer.items()}
     return Intervention(
         "iti",
         f"iti k={k} gamma={gamma:g}",
         {"k": k, "gamma": gamma, "heads": chosen},
-        hooks=hooks,
+        hooks=shift_hooks(shifts),
         made_for=stats.model,
-        shifts={("attn_out", layer): shift for layer, shift in per_layer.items()},
+        shifts=shifts,
     )

@@ -27,11 +27,11 @@ import torch
 from jaxtyping import Float, Int
 
 from s2e_lens.core.low_rank import LowRankUpdate, low_rank_updates
+from s2e_lens.core.plan import EditPlan
 from s2e_lens.engine.hooks import Hook, hook_name
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 
-SHIFT_POINTS = ("attn_out", "mlp_out")
 INPUT_POINT = {"attn": "z", "mlp": "post"}  # the output projection's input, by kind
 OUTPUT_POINT = {"attn": "attn_out", "mlp": "mlp_out"}
 
@@ -46,11 +46,9 @@ class RowEffect:
     updates: dict[tuple[str, int], LowRankUpdate] = field(default_factory=dict)
 
     @classmethod
-    def of_plans(cls, plans: Sequence[object]) -> RowEffect:
-        from s2e_lens.core.plan import EditPlan
-
-        assert all(isinstance(p, EditPlan) for p in plans)
-        return cls(updates={(u.kind, u.layer): u for u in low_rank_updates(plans)})  # type: ignore[arg-type]
+    def of_plans(cls, plans: Sequence[EditPlan]) -> RowEffect:
+        """The plans' low-rank updates (:func:`s2e_lens.core.low_rank.low_rank_updates`)."""
+        return cls(updates={(u.kind, u.layer): u for u in low_rank_updates(plans)})
 
 
 def shifted(

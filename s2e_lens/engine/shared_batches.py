@@ -36,7 +36,7 @@ from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 
 T = TypeVar("T")
-MIXED_BATCH_SIZE = 64  # sequences per batch of shared generation and scoring on the CPU (s2e bench evaluate)
+MIXED_BATCH_SIZE = 64  # sequences per batch of shared calls that set no batch size, on the CPU
 Runner = Callable[[Any, list[tuple[int, Any]]], list[Any]]  # (key, [(slot, payload)]) -> one result per slot
 
 
@@ -65,8 +65,8 @@ class SharedSlot:
 class SharedBatches:
     """Measure several interventions of one model in shared batches (module docstring).
 
-    ``batch_size``: sequences per batch of the merged calls (``MIXED_BATCH_SIZE`` on the CPU
-    where the caller left the batch size unset, "auto" on accelerators)."""
+    ``batch_size``: sequences per batch of the merged calls whose caller set none
+    (``MIXED_BATCH_SIZE`` on the CPU; unset, i.e. "auto", on accelerators)."""
 
     def __init__(self, model: LoadedModel, effects: Sequence[RowEffect], *, batch_size: int | None = None) -> None:
         if model.shared is not None:
@@ -79,7 +79,6 @@ class SharedBatches:
         self._pending: dict[int, tuple[Hashable, Any, Runner]] = {}
         self._results: dict[int, Any] = {}
         self._failed = False
-        self.calls = 0  # merged calls run (for the bench and the tests)
 
     def view(self, slot: int) -> LoadedModel:
         """The model as slot ``slot`` sees it (shares everything with the model but ``shared``)."""
@@ -112,10 +111,10 @@ class SharedBatches:
                 t.start()
             for t in threads:
                 t.join()
-        first = next((errors[s] for s in sorted(errors) if not isinstance(errors[s], _Abandoned)), None)
-        if first is not None:
-            first.slot = min(s for s, e in errors.items() if e is first)  # type: ignore[attr-defined]
-            raise first
+        failed = next((s for s in sorted(errors) if not isinstance(errors[s], _Abandoned)), None)
+        if failed is not None:
+            errors[failed].slot = failed  # type: ignore[attr-defined]
+            raise errors[failed]
         return results
 
     def call(self, slot: int, key: Hashable, payload: Any, runner: Runner) -> Any:
@@ -151,7 +150,6 @@ class SharedBatches:
                 if self._failed:
                     raise _Abandoned
                 outs = runner(pending[slots[0]][0], [(s, pending[s][1]) for s in slots])
-                self.calls += 1
                 self._results.update(zip(slots, outs, strict=True))
             except BaseException as e:  # noqa: BLE001 - each waiting slot re-raises it
                 self._results.update({s: e for s in slots})

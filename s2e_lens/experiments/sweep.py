@@ -26,7 +26,12 @@ T = TypeVar("T")
 def sharing(interventions: Sequence[Intervention], shared: bool = True) -> bool:
     """Whether :func:`measure_each` runs these in shared batches: asked for, more than one, and
     each one able to act on some rows of a batch only."""
-    return shared and len(interventions) > 1 and all(i.row_effect() is not None for i in interventions)
+    return shared and len(interventions) > 1 and all(i.can_share for i in interventions)
+
+
+def _shares(suite: Suite, shared: bool | None) -> bool:
+    """``shared`` as asked (None: yes), and only where the suite is ``shareable``."""
+    return suite.shareable and shared is not False
 
 
 def measure_each(
@@ -43,10 +48,13 @@ def measure_each(
     calls run together in shared batches (:mod:`s2e_lens.engine.shared_batches`); otherwise one
     intervention at a time, each applied and removed around its call."""
     if sharing(interventions, shared):
-        effects = [i.row_effect() for i in interventions]
+        effects = []
         for i in interventions:
             i.check(model)
-        batches = SharedBatches(model, [e for e in effects if e is not None])
+            effect = i.row_effect()
+            assert effect is not None  # sharing() asked can_share
+            effects.append(effect)
+        batches = SharedBatches(model, effects)
         try:
             return batches.measure(fn)
         except Exception as e:
@@ -108,7 +116,7 @@ def run(
     unedited model out (when another sweep of the same suite measured it). ``shared``: every
     intervention in shared batches (:func:`measure_each`; None: where the suite is
     ``shareable``); each row's ``seconds`` is then its share of the whole evaluation's time."""
-    shared = suite.shareable if shared is None else shared and suite.shareable
+    shared = _shares(suite, shared)
     todo = list(interventions)
     if include_unedited and not any(i.kind == "none" for i in todo):
         todo.insert(0, unedited())
@@ -157,7 +165,7 @@ def paper_selection(
     screen), the ``top`` by attribute kept for the full evaluation (attribute and utility).
     Returns the kept candidates and the table of every candidate's attribute."""
     measure = suite.attribute_only or suite.attribute
-    shared = suite.shareable if shared is None else shared and suite.shareable
+    shared = _shares(suite, shared)
     figures = measure_each(
         model, candidates, measure, shared=shared, progress=progress, desc="attribute of every candidate"
     )
