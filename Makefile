@@ -106,8 +106,12 @@ demo: models browser
 	$(S2E) chat --card "What is the capital of France?"
 	$(S2E) run safety --model smollm2-135m-instruct --out runs/demo
 
+# the suite on TEST_WORKERS processes (pytest-xdist; each gets an equal share of the cores for
+# torch, tests/conftest.py); TEST_WORKERS=0 runs it in this process. Every process loads its own
+# models: allow about 8 GB of memory per worker (the reading judge's tests load 7 GB)
+TEST_WORKERS ?= 2
 test: models browser
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal
 
 # what CI runs before the tests: lint (ruff, with the formatter's check) and types (mypy)
 lint: install

@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
+# under pytest-xdist each worker takes an equal share of the cores, for torch here and for the
+# processes the tests start (set before torch is imported; a value the caller set is kept)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    if "torch" in sys.modules:  # imported before this file (by a plugin): tell it directly
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
