@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
+from s2e_lens.behaviours.base import SuiteSize, utility_items
 from s2e_lens.behaviours.datasets import MultipleChoice, TruthfulQAItem
 from s2e_lens.behaviours.truthfulness import truthfulqa_eval
-from s2e_lens.engine.scoring import KLReference, multiple_choice_accuracy, response_cross_entropy, score_continuations
+from s2e_lens.engine.scoring import (
+    KLReference,
+    continuation_logprobs,
+    multiple_choice_accuracy,
+    multiple_choice_correct,
+    response_cross_entropy,
+    score_continuations,
+)
 from s2e_lens.models.loading import load_model
 from s2e_lens.models.tokens import encode_prompt, encode_response
 
@@ -35,6 +44,86 @@ def test_batched_scores_equal_token_by_token_log_probs(family: str, tiny_dirs: d
     for (ctx, cont), s in zip(pairs, scored, strict=True):
         assert s.n_tokens == len(cont)
         assert s.logprob == pytest.approx(manual_logprob(model, ctx, cont), rel=1e-4, abs=1e-4)
+
+
+def _embedded_tokens(model, fn):  # type: ignore[no-untyped-def]
+    """``fn()`` and the number of token positions the model embedded (padding included)."""
+    seen: list[int] = []
+    handle = model.hf_model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+    try:
+        return fn(), sum(seen)
+    finally:
+        handle.remove()
+
+
+# (question, choices): long questions with several short choices, a short one (inside the tiny
+# Gemmas' 8-token attention window), and a question with one choice (scored whole)
+MC_CASES = [
+    ("which of these words is the odd one out today", (" x", " yy", " zzz", " w")),
+    ("a", (" yes", " no")),
+    ("one more question with a single answer", (" it is so",)),
+    ("is the sky green or blue on a clear day", (" green", " blue", " grey")),
+]
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_shared_contexts_score_what_each_pair_scores_alone(family: str, tiny_dirs: dict[str, Path]) -> None:
+    """Choices of one question run its context once (KV cache copied to each choice); each
+    score equals the token-by-token log-probability of the pair alone, and fewer positions
+    are embedded than the pairs hold (this fails with the sharing switched off). A model whose
+    attention window is shorter than the texts (the tiny Gemmas) scores them whole."""
+    model = load_model(str(tiny_dirs[family]), progress=False)
+    tok = model.tokenizer
+    for cases in (MC_CASES, [("a", (" b", " c d")), ("e f", (" g", " h", " i"))]):
+        pairs = []
+        for question, choices in cases:
+            ctx = list(tok(question, add_special_tokens=True)["input_ids"])
+            pairs += [(ctx, encode_response(tok, c)) for c in choices]
+        scored, embedded = _embedded_tokens(model, lambda p=pairs: score_continuations(model, p, batch_size=3))
+        for (ctx, cont), s in zip(pairs, scored, strict=True):
+            assert s.n_tokens == len(cont)
+            assert s.logprob == pytest.approx(manual_logprob(model, ctx, cont), rel=1e-4, abs=1e-4)
+        whole = sum(len(c) + len(r) for c, r in pairs)
+        window = getattr(model.hf_model.config, "sliding_window", None)
+        shares = window is None or max(len(c) + len(r) for c, r in pairs) <= window
+        assert (embedded < whole) == shares, (embedded, whole, window)
+        _, unshared = _embedded_tokens(
+            model, lambda p=pairs: list(continuation_logprobs(model, p, batch_size=3, share_contexts=False))
+        )
+        assert unshared >= whole
+
+
+@pytest.mark.slow
+def test_shared_contexts_on_the_default_model_score_real_items_as_whole_pairs(default_model) -> None:
+    """ARC-Easy, PIQA and HellaSwag items on the real default model: each choice's
+    log-probabilities with the context run once equal those of the whole pair (float32
+    rounding), the same items are right, and about half the positions are embedded."""
+    items = utility_items(SuiteSize(n_mc=6))  # from $S2E_DATA
+    tok = default_model.tokenizer
+    pairs = [
+        (list(tok(item.context, add_special_tokens=True)["input_ids"]), encode_response(tok, c))
+        for item in items
+        for c in item.choices
+    ]
+    shared, embedded = _embedded_tokens(default_model, lambda: dict(continuation_logprobs(default_model, pairs)))
+    whole, unshared = _embedded_tokens(
+        default_model, lambda: dict(continuation_logprobs(default_model, pairs, share_contexts=False))
+    )
+    worst = max(float((shared[i] - whole[i]).abs().max()) for i in range(len(pairs)))
+    assert worst < 1e-4, worst
+    assert embedded < 0.8 * unshared, (embedded, unshared)
+    correct = multiple_choice_correct(default_model, items)
+    per_item: list[list[float]] = []
+    k = 0
+    for item in items:
+        means = []
+        for _ in item.choices:
+            ids = torch.tensor(pairs[k][1])
+            means.append(float(whole[k].gather(-1, ids[:, None]).sum()) / len(ids))
+            k += 1
+        per_item.append(means)
+    best = [max(range(len(m)), key=m.__getitem__) for m in per_item]
+    assert correct == [b == item.answer for b, item in zip(best, items, strict=True)]
 
 
 def test_multiple_choice_and_truthfulqa_pick_the_likeliest(tiny_dirs: dict[str, Path]) -> None:

@@ -71,7 +71,8 @@ def test_shared_generation_gives_the_same_greedy_tokens_on_every_tiny_family(tin
 def test_shared_scoring_and_kl_match_one_at_a_time(tiny_case) -> None:  # type: ignore[no-untyped-def]
     model, todo = tiny_case
     tok = model.tokenizer
-    pairs = [(encode_prompt(tok, p), encode_response(tok, "yes and no")) for p in PROMPTS]
+    # two continuations per prompt: each context runs once per intervention (shared contexts)
+    pairs = [(encode_prompt(tok, p), encode_response(tok, r)) for p in PROMPTS for r in ("yes and no", "maybe")]
     reference = KLReference(model, [("hi", "there"), ("a b c", "d e f g")])
     for fn in (reference.kl, lambda m: [s.logprob for s in score_continuations(m, pairs, batch_size=2)]):
         alone = sweep.measure_each(model, todo, fn, shared=False)

@@ -8,6 +8,7 @@ same call measures any intervention.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -15,6 +16,7 @@ from typing import cast
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
+from transformers.cache_utils import Cache
 
 from s2e_lens.core import metrics
 from s2e_lens.core.items import MultipleChoice
@@ -25,6 +27,10 @@ from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import encode_prompt, encode_response, pad, pad_token_id
 
 DEFAULT_BATCH_SIZE = 16  # on the CPU
+# shared contexts: a context pass takes this many times the batch size of contexts (they are
+# short and keep one logit row each), so that their continuations can be sorted by length
+# into batches that pad little
+CONTEXTS_PER_BATCH = 4
 MIXED_KL_TEXTS = 64  # texts per batch of a mixed KL pass (each keeps full-vocabulary rows)
 
 
@@ -38,6 +44,46 @@ class Scored:
         return metrics.length_normalised(self.logprob, self.n_tokens)
 
 
+def _sliding_window(model: LoadedModel) -> int | None:
+    """The smallest attention window of the model's layers, or None where every layer sees the
+    whole sequence."""
+    config = model.hf_model.config
+    config = getattr(config, "get_text_config", lambda: config)()
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if window is None or (types is not None and "sliding_attention" not in types):
+        return None
+    return int(window)
+
+
+def _rows_of(cache: Cache, rows: torch.Tensor) -> Cache:
+    """A cache holding ``rows`` of ``cache`` (repeats allowed), which stays as it was: the
+    new cache's layers are copies whose key and value tensors are indexed anew."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    out.batch_select_indices(rows)
+    return out
+
+
+def shared_contexts(
+    pairs: Sequence[tuple[list[int], list[int]]], slots: Sequence[int] | None = None
+) -> tuple[list[list[int]], list[int]]:
+    """The pairs (indices) that share a context with another pair under the same slot, grouped
+    by context in first-seen order, and the rest.
+
+    >>> shared_contexts([([1], [2]), ([3], [4]), ([1], [5]), ([1], [6])])
+    ([[0, 2, 3]], [1])
+    >>> shared_contexts([([1], [2]), ([1], [5])], slots=[0, 1])  # different interventions
+    ([], [0, 1])
+    """
+    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    for i, (ctx, _) in enumerate(pairs):
+        groups.setdefault((slots[i] if slots is not None else 0, tuple(ctx)), []).append(i)
+    shared = [g for g in groups.values() if len(g) > 1]
+    alone = sorted(g[0] for g in groups.values() if len(g) == 1)
+    return shared, alone
+
+
 def continuation_logprobs(
     model: LoadedModel,
     pairs: Sequence[tuple[list[int], list[int]]],
@@ -45,12 +91,21 @@ def continuation_logprobs(
     batch_size: BatchSize = None,
     progress: bool = False,
     rows: RowSlots | None = None,
+    share_contexts: bool = True,
 ) -> Iterator[tuple[int, Float[torch.Tensor, "n_cont vocab"]]]:
     """For each (context, continuation) pair of token ids, the log-softmax over the vocabulary
     at the positions that predict the continuation's tokens. Yields ``(index, logprobs)`` in
-    batches sorted by length (not in input order). Left padding with explicit position ids, so
-    a padded row computes exactly what it would alone; logits only where they are needed.
-    ``rows`` gives each pair its own intervention (a mixed batch)."""
+    batches (not in input order). Left padding with explicit position ids, so a padded row
+    computes exactly what it would alone; logits only where they are needed. ``rows`` gives
+    each pair its own intervention (a mixed batch).
+
+    Pairs that share a context (a multiple-choice item's choices) run it once
+    (``share_contexts``): the contexts in one pass with a KV cache, copied to each of their
+    continuations, then the continuations in a second pass. The result is the same as
+    running each pair whole, up to float rounding; a model with a sliding attention window
+    shorter than the longest text scores every pair whole. A batch holds at most
+    ``batch_size`` continuations or ``CONTEXTS_PER_BATCH`` times as many contexts (on
+    accelerators, "auto": as many as fit)."""
     if model.shared is not None:
         raise InvalidInputError(
             "continuation_logprobs keeps every row's full-vocabulary log-probabilities; in shared "
@@ -63,29 +118,80 @@ def continuation_logprobs(
         if not ctx:
             raise InvalidInputError(f"context {i} is empty: the first token has nothing to condition on")
         model.check_context(len(ctx) + len(cont), f"scored text {i}")
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    hf = model.hf_model
+    device = model.device
+    window = _sliding_window(model)
+    longest = max((len(c) + len(r) for c, r in pairs), default=0)
+    if share_contexts and (window is None or longest <= window):
+        groups, alone = shared_contexts(pairs, rows.slots if rows is not None else None)
+    else:
+        groups, alone = [], list(range(len(pairs)))
+    alone.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
 
-    def run(idx: Sequence[int]) -> torch.Tensor:
+    def run(idx: Sequence[int]) -> list[torch.Tensor]:
         # left padding: every continuation ends at the last position
         batch = pad([pairs[i][0] + pairs[i][1] for i in idx], pad_id, "left")
         keep = max(len(pairs[i][1]) for i in idx) + 1  # logits only where a continuation is predicted
         with torch.inference_mode(), rows.of(idx) if rows is not None else contextlib.nullcontext():
-            logits = model.hf_model(
-                input_ids=batch.input_ids.to(model.device),
-                attention_mask=batch.attention_mask.to(model.device),
-                position_ids=batch.position_ids.to(model.device),
+            logits = hf(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                position_ids=batch.position_ids.to(device),
                 use_cache=False,
                 logits_to_keep=keep,
             ).logits.float()
-        return torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
+        return [logp[row, logp.shape[1] - len(pairs[i][1]) :] for row, i in enumerate(idx)]
+
+    def run_shared(chunk: Sequence[list[int]]) -> list[torch.Tensor]:
+        """The chunk's contexts in one pass, then their continuations, longest last, in
+        batches of at most ``size``, each on its own rows of the contexts' cache."""
+        heads = [g[0] for g in chunk]
+        ctx = pad([pairs[i][0] for i in heads], pad_id, "left")
+        ctx_mask = ctx.attention_mask.to(device)
+        with torch.inference_mode():
+            with rows.of(heads) if rows is not None else contextlib.nullcontext():
+                out = hf(
+                    input_ids=ctx.input_ids.to(device),
+                    attention_mask=ctx_mask,
+                    position_ids=ctx.position_ids.to(device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # predicts each first token
+            owner_of = {i: k for k, g in enumerate(chunk) for i in g}
+            members = sorted(owner_of, key=lambda i: len(pairs[i][1]))
+            per_batch = len(members) if size == "auto" else size
+            got: dict[int, torch.Tensor] = {}
+            for lo in range(0, len(members), per_batch):
+                part = members[lo : lo + per_batch]
+                owner = torch.tensor([owner_of[i] for i in part], device=device)
+                cache = _rows_of(out.past_key_values, owner)  # each context's cache, once per continuation
+                cont = pad([pairs[i][1] for i in part], pad_id, "right")
+                with rows.of(part) if rows is not None else contextlib.nullcontext():
+                    logits = hf(
+                        input_ids=cont.input_ids.to(device),
+                        attention_mask=torch.cat([ctx_mask[owner], cont.attention_mask.to(device)], 1),
+                        position_ids=ctx_mask.sum(dim=1)[owner][:, None] + cont.position_ids.to(device),
+                        cache=cache,
+                        use_cache=True,
+                    ).logits.float()
+                rest = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts each continuation's later tokens
+                for row, i in enumerate(part):
+                    got[i] = torch.cat([first[owner[row]][None], rest[row, : len(pairs[i][1]) - 1]])
+        return [got[i] for g in chunk for i in g]
 
     size = resolve(batch_size, model.device, DEFAULT_BATCH_SIZE)
-    with tqdm(total=len(order), desc="scoring", unit="text", disable=not progress, leave=False) as bar:
-        for idx, logp in in_chunks(order, size, run, what="scoring"):
+    groups.sort(key=lambda g: len(pairs[g[0]][0]))  # by context length (the first pass pads to the longest)
+    contexts = size if size == "auto" else size * CONTEXTS_PER_BATCH
+    with tqdm(total=len(pairs), desc="scoring", unit="text", disable=not progress, leave=False) as bar:
+        for chunk, logps in in_chunks(groups, contexts, run_shared, what="scoring"):
+            members = [i for g in chunk for i in g]
+            bar.update(len(members))
+            yield from zip(members, logps, strict=True)
+        for idx, logps in in_chunks(alone, size, run, what="scoring"):
             bar.update(len(idx))
-            for row, i in enumerate(idx):
-                n = len(pairs[i][1])
-                yield i, logp[row, logp.shape[1] - n :]
+            yield from zip(idx, logps, strict=True)
 
 
 def score_continuations(
