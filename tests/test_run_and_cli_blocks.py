@@ -287,6 +287,7 @@ def test_every_command_has_help_with_an_example() -> None:
         ["bench", "load"],
         ["bench", "engine"],
         ["bench", "generate"],
+        ["bench", "evaluate"],
     ]
     for args in commands:
         result = runner.invoke(app, [*args, "--help"])

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from s2e_lens.cli.app import JsonOpt, ModelOpt, app, bench_app
+from s2e_lens.cli.app import JsonOpt, ModelOpt, SetOpt, app, bench_app
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.registry import DEFAULT_MODEL
 
@@ -40,6 +40,36 @@ def bench_generate_cmd(
     from s2e_lens.experiments.bench import bench_generate
 
     typer.echo("\n".join(bench_generate(model_name, batch_size=batch_size, max_new_tokens=max_new_tokens, n=n)))
+
+
+@bench_app.command("evaluate")
+def bench_evaluate_cmd(
+    behaviour: Annotated[str, typer.Argument(help="safety or truthfulness")] = "safety",
+    model_name: ModelOpt = DEFAULT_MODEL,
+    set_: SetOpt = None,
+    batch_sizes: Annotated[str, typer.Option(help="The batch-size curve's sizes, comma-separated.")] = "1,8,24,64",
+    json_out: JsonOpt = False,
+) -> None:
+    """The main job's evaluation one intervention at a time vs in shared batches (tokens/s and
+    where the time goes), plain transformers generate at the same batch, the batch-size curve,
+    and PEFT's mixed-adapter batches vs per-row hooks: all measured in one run.
+
+    The quick preset's settings, as s2e run uses them; --set changes any (a smaller bench,
+    e.g. --set n_mc=10, no longer describes the main job).
+
+    Example: OMP_WAIT_POLICY=PASSIVE s2e bench evaluate safety --model smollm2-135m-instruct
+    """
+    from dataclasses import asdict
+
+    from s2e_lens.experiments.config import config_overrides
+    from s2e_lens.experiments.evaluation_bench import bench_evaluate
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--batch-sizes must be integers separated by commas, got {batch_sizes!r}") from None
+    result = bench_evaluate(model_name, behaviour, overrides=config_overrides(set_ or []), batch_sizes=sizes)
+    typer.echo(json.dumps(asdict(result), indent=2) if json_out else "\n".join(result.lines()))
 
 
 @bench_app.command("engine")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -66,9 +67,17 @@ class SharedBatches:
     """Measure several interventions of one model in shared batches (module docstring).
 
     ``batch_size``: sequences per batch of the merged calls whose caller set none
-    (``MIXED_BATCH_SIZE`` on the CPU; unset, i.e. "auto", on accelerators)."""
+    (``MIXED_BATCH_SIZE`` on the CPU; unset, i.e. "auto", on accelerators). ``timings`` (if
+    given) receives the seconds the merged calls took, by kind (generate, score, kl)."""
 
-    def __init__(self, model: LoadedModel, effects: Sequence[RowEffect], *, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        effects: Sequence[RowEffect],
+        *,
+        batch_size: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
         if model.shared is not None:
             raise InvalidInputError("shared batches cannot be nested")
         self.model = model
@@ -79,6 +88,7 @@ class SharedBatches:
         self._pending: dict[int, tuple[Hashable, Any, Runner]] = {}
         self._results: dict[int, Any] = {}
         self._failed = False
+        self.timings = timings
 
     def view(self, slot: int) -> LoadedModel:
         """The model as slot ``slot`` sees it (shares everything with the model but ``shared``)."""
@@ -149,7 +159,11 @@ class SharedBatches:
             try:
                 if self._failed:
                     raise _Abandoned
+                began = time.perf_counter()
                 outs = runner(pending[slots[0]][0], [(s, pending[s][1]) for s in slots])
+                if self.timings is not None:
+                    kind = str(pending[slots[0]][0][0])  # type: ignore[index]
+                    self.timings[kind] = self.timings.get(kind, 0.0) + time.perf_counter() - began
                 self._results.update(zip(slots, outs, strict=True))
             except BaseException as e:  # noqa: BLE001 - each waiting slot re-raises it
                 self._results.update({s: e for s in slots})

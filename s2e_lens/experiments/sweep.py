@@ -42,11 +42,13 @@ def measure_each(
     shared: bool = True,
     progress: bool = False,
     desc: str = "interventions",
+    timings: dict[str, float] | None = None,
 ) -> list[T]:
     """``fn(model)`` under each intervention, in order. With ``shared`` (and where every
     intervention can act on some rows of a batch: steering, edits, ITI, the unedited model) the
-    calls run together in shared batches (:mod:`s2e_lens.engine.shared_batches`); otherwise one
-    intervention at a time, each applied and removed around its call."""
+    calls run together in shared batches (:mod:`s2e_lens.engine.shared_batches`; ``timings``
+    receives the seconds of their merged calls by kind); otherwise one intervention at a time,
+    each applied and removed around its call."""
     if sharing(interventions, shared):
         effects = []
         for i in interventions:
@@ -54,7 +56,7 @@ def measure_each(
             effect = i.row_effect()
             assert effect is not None  # sharing() asked can_share
             effects.append(effect)
-        batches = SharedBatches(model, effects)
+        batches = SharedBatches(model, effects, timings=timings)
         try:
             return batches.measure(fn)
         except Exception as e:
@@ -106,6 +108,7 @@ def run(
     records: Records | None = None,
     include_unedited: bool = True,
     shared: bool | None = None,
+    timings: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Measure every intervention (the unedited model is always included). A row whose
     ``degenerate`` share exceeds ``max_degenerate`` gets ``degenerate_flag`` (see
@@ -115,7 +118,8 @@ def run(
     each label's per-item scores and generation records. ``include_unedited=False`` leaves the
     unedited model out (when another sweep of the same suite measured it). ``shared``: every
     intervention in shared batches (:func:`measure_each`; None: where the suite is
-    ``shareable``); each row's ``seconds`` is then its share of the whole evaluation's time."""
+    ``shareable``); each row's ``seconds`` is then its share of the whole evaluation's time, and
+    ``timings`` (if given) receives the seconds of the merged calls by kind."""
     shared = _shares(suite, shared)
     todo = list(interventions)
     if include_unedited and not any(i.kind == "none" for i in todo):
@@ -130,7 +134,9 @@ def run(
         return figures
 
     started = time.perf_counter()
-    measured = measure_each(model, todo, timed, shared=shared, progress=progress, desc=f"{suite.behaviour} sweep")
+    measured = measure_each(
+        model, todo, timed, shared=shared, progress=progress, desc=f"{suite.behaviour} sweep", timings=timings
+    )
     together = sharing(todo, shared)
     each = [(time.perf_counter() - started) / len(todo)] * len(todo) if together else took
     for item, figures, seconds in zip(todo, measured, each, strict=True):
