@@ -9,8 +9,8 @@ import tiny
 import torch
 
 from s2e_lens.behaviours.base import SuiteSize, utility_items
-from s2e_lens.behaviours.datasets import MultipleChoice, TruthfulQAItem
 from s2e_lens.behaviours.truthfulness import truthfulqa_eval
+from s2e_lens.core.items import MultipleChoice, TruthfulQAItem
 from s2e_lens.engine.scoring import (
     KLReference,
     continuation_logprobs,

@@ -14,17 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from s2e_lens.behaviours.datasets import (
-    MathItem,
-    MultipleChoice,
-    load_arc_easy,
-    load_harmless_prompts,
-    load_hellaswag,
-    load_piqa,
-)
+from s2e_lens.behaviours.datasets import load_arc_easy, load_harmless_prompts, load_hellaswag, load_piqa
 from s2e_lens.behaviours.splits import split
 from s2e_lens.core import metrics
 from s2e_lens.core.contrastive import ContrastiveSet
+from s2e_lens.core.items import MathItem, MultipleChoice
 from s2e_lens.engine.generation import GenerationSettings, generate
 from s2e_lens.engine.scoring import KLReference, multiple_choice_correct, response_cross_entropy
 from s2e_lens.errors import InvalidInputError

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from s2e_lens.behaviours.base import Behaviour, register
-from s2e_lens.behaviours.datasets import MathItem, load_gsm8k
+from s2e_lens.behaviours.datasets import load_gsm8k
 from s2e_lens.behaviours.splits import split
 from s2e_lens.core.contrastive import ContrastiveSet
+from s2e_lens.core.items import MathItem
 from s2e_lens.engine.generation import GenerationSettings, generate
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel

@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from s2e_lens.behaviours.base import Behaviour, register
-from s2e_lens.behaviours.datasets import DataFormatError, read_jsonl_lines
+from s2e_lens.behaviours.datasets import read_jsonl_lines
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError, Pair
 from s2e_lens.engine.generation import GenerationSettings, generate
+from s2e_lens.errors import DataFormatError
 from s2e_lens.io.files import write_text
 from s2e_lens.models.loaded import LoadedModel
 

@@ -26,11 +26,12 @@ from s2e_lens.behaviours.base import (
     utility_items,
     utility_measure,
 )
-from s2e_lens.behaviours.datasets import MathItem, MultipleChoice, load_harmful_prompts, load_safety_prompts
+from s2e_lens.behaviours.datasets import load_harmful_prompts, load_safety_prompts
 from s2e_lens.behaviours.splits import split
 from s2e_lens.core import judges, metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
 from s2e_lens.core.intervals import rate_interval
+from s2e_lens.core.items import MathItem, MultipleChoice
 from s2e_lens.core.judges import JudgeError, load_judge, verdicts
 from s2e_lens.engine.generation import Generation, GenerationSettings, generate
 from s2e_lens.engine.scoring import KLReference

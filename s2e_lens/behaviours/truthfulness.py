@@ -25,10 +25,11 @@ from s2e_lens.behaviours.base import (
     utility_items,
     utility_measure,
 )
-from s2e_lens.behaviours.datasets import MathItem, MultipleChoice, TruthfulQAItem, load_truthfulqa
+from s2e_lens.behaviours.datasets import load_truthfulqa
 from s2e_lens.behaviours.splits import split
 from s2e_lens.core import metrics
 from s2e_lens.core.contrastive import ContrastiveSet, ContrastiveSetError
+from s2e_lens.core.items import MathItem, MultipleChoice, TruthfulQAItem
 from s2e_lens.engine.generation import GenerationSettings, generate
 from s2e_lens.engine.scoring import (
     KLReference,

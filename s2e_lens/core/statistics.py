@@ -60,6 +60,17 @@ def input_mean(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return 0.5 * (positive + negative)
 
 
+@dataclass(frozen=True)
+class MeanDifference:
+    """Positive minus negative mean of each recorded quantity: ``attn_out`` and ``mlp_out`` are
+    the layer steering vectors, ``z`` and ``post`` the heads' and neurons' input directions."""
+
+    attn_out: Float[torch.Tensor, "layer d_model"]
+    mlp_out: Float[torch.Tensor, "layer d_model"]
+    z: Float[torch.Tensor, "layer head d_head"]
+    post: Float[torch.Tensor, "layer d_mlp"]
+
+
 @dataclass
 class ContrastiveStatistics:
     positive: SetMeans
@@ -67,6 +78,14 @@ class ContrastiveStatistics:
     model: dict[str, Any]  # identity of the model the statistics came from
     provenance: dict[str, Any] = field(default_factory=dict)
     positions: str = POSITIONS_RULE
+
+    @property
+    def difference(self) -> MeanDifference:
+        """Positive minus negative means (the one place the steering direction is formed)."""
+        pos, neg = self.positive, self.negative
+        return MeanDifference(
+            pos.attn_out - neg.attn_out, pos.mlp_out - neg.mlp_out, pos.z - neg.z, pos.post - neg.post
+        )
 
     @property
     def mu_z(self) -> Float[torch.Tensor, "layer head d_head"]:

@@ -51,17 +51,17 @@ class SteeringVectors:
         W_out: Float[torch.Tensor, "layer d_mlp d_model"] | None = None,
     ) -> SteeringVectors:
         """Paper-default vectors; pass ``W_O`` / ``W_out`` to add component-level vectors."""
-        pos, neg = stats.positive, stats.negative
+        d = stats.difference
         v_head = v_neuron = None
         if W_O is not None:  # float32 maths on the weights' device
             W = W_O.to(compute_dtype(W_O.dtype))
-            v_head = torch.einsum("lhd,lhdm->lhm", (pos.z - neg.z).to(device=W.device, dtype=W.dtype), W)
+            v_head = torch.einsum("lhd,lhdm->lhm", d.z.to(device=W.device, dtype=W.dtype), W)
         if W_out is not None:
             W = W_out.to(compute_dtype(W_out.dtype))
-            v_neuron = (pos.post - neg.post).to(device=W.device, dtype=W.dtype)[..., None] * W
+            v_neuron = d.post.to(device=W.device, dtype=W.dtype)[..., None] * W
         return cls(
-            v_attn=pos.attn_out - neg.attn_out,
-            v_mlp=pos.mlp_out - neg.mlp_out,
+            v_attn=d.attn_out,
+            v_mlp=d.mlp_out,
             model=dict(stats.model),
             provenance=dict(stats.provenance),
             positions=stats.positions,
@@ -79,11 +79,6 @@ class SteeringVectors:
     def unit(self, kind: str) -> Float[torch.Tensor, "layer d_model"]:
         """``v_hat`` per layer for ``kind`` in {"attn", "mlp"}; zero vectors stay zero."""
         return edit_rule.unit(self.v_attn if kind == "attn" else self.v_mlp)
-
-    def cosine_across_layers(self, kind: str = "attn") -> Float[torch.Tensor, "layer layer"]:
-        """Cosine similarity between the layers' vectors of one kind."""
-        u = self.unit(kind)
-        return u @ u.T
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Safetensors + JSON; an existing file is replaced only with ``overwrite``."""

@@ -51,18 +51,19 @@ def compute_plan(
             "allow_other_state=True if that is what you mean"
         )
     W_O, W_out = weights if weights is not None else model_weights(model)
+    d = stats.difference
     return compute_plan_from_tensors(
         W_O,
         W_out,
-        stats.positive.attn_out - stats.negative.attn_out,
-        stats.positive.mlp_out - stats.negative.mlp_out,
+        d.attn_out,
+        d.mlp_out,
         stats.mu_z,
         stats.mu_post,
         settings,
         model=model_identity(model),
         provenance=stats.provenance,
-        dz=stats.positive.z - stats.negative.z,
-        dpost=stats.positive.post - stats.negative.post,
+        dz=d.z,
+        dpost=d.post,
     )
 
 

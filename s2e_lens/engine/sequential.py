@@ -66,8 +66,7 @@ def sequential_plan(
     n_layers = model.card.n_layers
     chosen = set(settings.layers) if settings.layers is not None else set(range(n_layers))
     weights = model_weights(model)
-    v_attn = stats.positive.attn_out - stats.negative.attn_out
-    v_mlp = stats.positive.mlp_out - stats.negative.mlp_out
+    d = stats.difference  # the steering vectors and component directions: the unedited model's
     plain = compute_plan(model, stats, settings, weights=weights)  # checks identity and state
     mu_z, mu_post = plain.mu_z.clone(), plain.mu_post.clone()
     head_lambda, neuron_lambda = torch.zeros_like(plain.head_lambda), torch.zeros_like(plain.neuron_lambda)
@@ -109,13 +108,13 @@ def sequential_plan(
             passes += 1
         part = compute_plan_from_tensors(
             *weights,
-            v_attn,
-            v_mlp,
+            d.attn_out,
+            d.mlp_out,
             block_mu_z,
             block_mu_post,
             replace(settings, layers=tuple(todo)),
-            dz=stats.positive.z - stats.negative.z,  # component-level directions: the unedited model's
-            dpost=stats.positive.post - stats.negative.post,
+            dz=d.z,
+            dpost=d.post,
         )
         for x in todo:
             mu_z[x], mu_post[x] = part.mu_z[x], part.mu_post[x]

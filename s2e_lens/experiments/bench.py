@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class LoadTimes:
     model: str
-    import_seconds: float  # `import s2e_lens.loading` (torch, transformers, TransformerLens) in a new process
+    import_seconds: float  # `import s2e_lens.models.loading` (torch, transformers, TransformerLens) in a new process
     cold_seconds: float  # empty cache: sha256 + dequantise + save + load + boot
     warm_seconds: list[float]  # cached checkpoint: load + boot, repeated
 
@@ -317,8 +317,7 @@ def bench_engine(
     # 3. edit computation for every head and neuron
     stats = collect_statistics(model, data, batch_size=batch_size, progress=False)
     W_O, W_out = model_weights(model)
-    v_attn = stats.positive.attn_out - stats.negative.attn_out
-    v_mlp = stats.positive.mlp_out - stats.negative.mlp_out
+    v_attn, v_mlp = stats.difference.attn_out, stats.difference.mlp_out
     settings = EditSettings(rho_attn=0.3, rho_mlp=0.6, alpha=0.8)
     for rho in BENCH_BUDGETS:  # random weights scale lambda differently: budgets that edit something
         trial = EditSettings(rho_attn=rho, rho_mlp=2 * rho, alpha=0.8)

@@ -84,7 +84,7 @@ class _TimedSuite(Suite):
         return cls(**{f.name: getattr(suite, f.name) for f in dataclasses.fields(suite)}, timings=timings)
 
     def measure(self, model: LoadedModel) -> dict[str, Any]:
-        return super().measure(dataclasses.replace(model, shared=cast(Any, _TimedCalls(model, self.timings))))
+        return super().measure(dataclasses.replace(model, shared=_TimedCalls(model, self.timings)))
 
 
 @dataclass

@@ -1,9 +1,8 @@
-"""Where s2e_lens keeps converted checkpoints (written through :mod:`s2e_lens.files`)."""
+"""Where s2e_lens keeps converted checkpoints (written through :mod:`s2e_lens.io.files`)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,12 +32,3 @@ def checkpoint_dir(spec: PackagedModel) -> Path:
 
 def is_cached(spec: PackagedModel) -> bool:
     return (checkpoint_dir(spec) / SOURCE_FILE).is_file()
-
-
-def remove_cached(spec: PackagedModel) -> bool:
-    """Delete the converted checkpoint of ``spec``; True if one was there."""
-    target = checkpoint_dir(spec)
-    if target.exists():
-        shutil.rmtree(target)
-        return True
-    return False

@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from s2e_lens.core.plan import EditPlan
 from s2e_lens.errors import S2EError
 from s2e_lens.models.card import ModelCard
 
-if TYPE_CHECKING:
-    from s2e_lens.engine.mapper import AppliedPlan
-    from s2e_lens.engine.shared_batches import SharedSlot
+
+class AppliedEdit(Protocol):
+    """A plan applied to the model's weights, with the weights it replaced (made and reverted
+    by :mod:`s2e_lens.engine.mapper`, whose ``AppliedPlan`` this is)."""
+
+    plan: EditPlan
+    saved: dict[tuple[str, int], torch.Tensor]  # (kind, layer) -> the weight before the plan
+
+    def remove(self) -> None: ...
+
+
+class EngineCalls(Protocol):
+    """Where a view of the model sends the engine's generation, scoring and KL instead of
+    running them alone (:class:`s2e_lens.engine.shared_batches.SharedSlot`)."""
+
+    def generate(self, prompts: Sequence[str], settings: Any) -> list[Any]: ...
+
+    def score(self, pairs: Sequence[tuple[list[int], list[int]]], batch_size: Any) -> list[Any]: ...
+
+    def kl_by_text(self, reference: Any) -> list[list[float]]: ...
 
 
 class ContextLengthError(S2EError):
@@ -37,12 +56,12 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     card: ModelCard
     hf_keys: tuple[str, ...] = ()  # the transformers state-dict keys, in order
-    applied_plans: list[AppliedPlan] = field(default_factory=list)  # in the order applied (engine.mapper)
+    applied_plans: list[AppliedEdit] = field(default_factory=list)  # in the order applied (engine.mapper)
     steering: list[str] = field(default_factory=list)  # active hook interventions, described
     _prompt_ids: dict[tuple[str, str | None], tuple[int, ...]] = field(default_factory=dict, repr=False)
     # set on the per-intervention views of shared batches (engine.shared_batches): the engine's
     # generation and scoring send their work there instead of running it alone
-    shared: SharedSlot | None = field(default=None, repr=False, compare=False)
+    shared: EngineCalls | None = field(default=None, repr=False, compare=False)
 
     def prompt_ids(self, prompt: str, system: str | None = None) -> list[int]:
         """The rendered prompt's token ids (:func:`s2e_lens.models.tokens.encode_prompt`),

@@ -465,7 +465,7 @@ def _boot(
         bridge = TransformerBridge.boot_transformers(source_name, hf_model=model, tokenizer=tokenizer, device=placed)
     elif device is not None:
         bridge.to(device)
-    route_kv_cache(bridge)  # cached decoding under transformers >= 5.24 (see s2e_lens.kv_cache)
+    route_kv_cache(bridge)  # cached decoding under transformers >= 5.24 (see s2e_lens.models.kv_cache)
     cfg = bridge.cfg
     card = ModelCard(
         name=name,

@@ -2,7 +2,7 @@
 
 These are the models that load with no hub access. Each one is a GGUF file (4-bit quantised)
 inside one or more weight packages; the loader dequantises it to float32 once and caches the
-result (see :mod:`s2e_lens.loading`).
+result (see :mod:`s2e_lens.models.loading`).
 """
 
 from __future__ import annotations
