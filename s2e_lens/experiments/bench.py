@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from s2e_lens.errors import InvalidInputError
-from s2e_lens.models.registry import PACKAGED_MODELS
+from s2e_lens.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
 
 if TYPE_CHECKING:
     from s2e_lens.core.contrastive import ContrastiveSet
@@ -133,7 +133,7 @@ class ModelSpec:
     """What a benchmark runs on: a model name, or a config from :data:`CONFIGS` with random
     weights (``layers`` overrides its depth, for a reduced run), in ``dtype`` on ``device``."""
 
-    name: str = "smollm2-135m-instruct"
+    name: str = DEFAULT_MODEL
     config: str | None = None
     layers: int | None = None
     device: str = "cpu"
@@ -204,7 +204,7 @@ BENCH_BUDGETS = (0.3, 0.1, 0.03, 0.01, 0.003, 0.001)  # the first that edits hea
 
 
 def bench_engine(
-    name: str | ModelSpec = "smollm2-135m-instruct",
+    name: str | ModelSpec = DEFAULT_MODEL,
     n: int = 64,
     batch_size: int = 8,
     repeats: int = 3,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from s2e_lens.core.comparison import DEGENERATE_LIMIT
 from s2e_lens.errors import InvalidInputError
 from s2e_lens.io.files import expand_user
+from s2e_lens.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -142,7 +143,7 @@ POSITIVE = {"range": Range(low=0.0, low_open=True)}
 class RunConfig:
     """Knobs of a run. The defaults fit in minutes on a 2-core CPU for a 135M model."""
 
-    model: str = "smollm2-135m-instruct"
+    model: str = DEFAULT_MODEL
     behaviour: str = "safety"
     gammas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
     rho_attn: tuple[float, ...] = (0.08, 0.1, 0.12, 0.15, 0.2, 0.3)
