@@ -101,7 +101,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    """The public names and sub-modules: what tab completion offers (``s2e.figures`` too)."""
+    return sorted({*__all__, *_SUBMODULES})
 
 
 __all__ = [

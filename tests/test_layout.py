@@ -124,3 +124,19 @@ def test_no_import_cycles_between_modules() -> None:
         if not any(a.startswith(b + ".") or b.startswith(a + ".") for a, b in zip(c, c[1:], strict=False))
     ]
     assert cycles == []
+
+
+def test_tab_completion_offers_every_name_the_readme_uses() -> None:
+    """``dir(s2e)`` (what Jupyter completes) lists the public names and sub-modules, each one
+    resolves, and every ``s2e.NAME`` in the README's Python examples is among them."""
+    import re
+
+    import s2e_lens as s2e
+
+    names = dir(s2e)
+    assert {"figures", "behaviours", "load_model", "compute_plan"} <= set(names)
+    assert all(getattr(s2e, n) is not None for n in names)
+    readme = (PACKAGE.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    used = {m for block in blocks for m in re.findall(r"\bs2e\.([A-Za-z_]\w*)", block)}
+    assert used and used <= set(names), sorted(used - set(names))
