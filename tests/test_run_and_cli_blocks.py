@@ -92,6 +92,12 @@ def test_run_writes_a_complete_report(run_dir: Path) -> None:
     for text in (html, md):
         assert "Steer2Edit report: safety" in text and summary["best_plan"] in text
         assert summary["matched_steering"] in text
+        # the answer first: the summary table, with the operating point's difference and interval
+        d = point["difference"]
+        assert (
+            "difference [95% interval]" in text and f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" in text
+        )
+    assert md.index("difference [95% interval]") < md.index("## All evaluated interventions")
     # figures are embedded (plotly.js inlined exactly once: offline, not from a CDN)
     assert html.count('id="fig-') >= 6 and 'src="http' not in html and "src='http" not in html
     examples = json.loads((run_dir / "examples.json").read_text())

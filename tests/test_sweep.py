@@ -200,3 +200,70 @@ def test_report_headline_names_the_degenerate_interventions_it_leaves_out() -> N
     text = " ".join(lines)
     assert "**steer gamma=4 (90% degenerate)**" in text
     assert "+0.200" in text  # e1 against gamma=1 and the unedited model: (0.1 + 0.3) / 2; gamma=4 ignored
+
+
+def test_the_summary_table_states_each_comparison_with_its_interval() -> None:
+    """Matched utility, matched KL and the paper's operating point, each against numbers
+    worked out here from the per-prompt scores."""
+    import numpy as np
+
+    from s2e_lens.core.run import Run
+    from s2e_lens.reporting.report import SUMMARY_COLUMNS, summary_table
+
+    rng = np.random.default_rng(0)
+    n = 40
+    # attribute per prompt (0/1), utility per item (0/1); the edit refuses more at the same utility
+    p_attr = {"unedited": 0.1, "steer gamma=1": 0.3, "steer gamma=2": 0.5, "e1": 0.6}
+    p_util = {"unedited": 0.6, "steer gamma=1": 0.55, "steer gamma=2": 0.4, "e1": 0.5}
+    kinds = {"unedited": "none", "steer gamma=1": "steer", "steer gamma=2": "steer", "e1": "edit"}
+    items = {
+        lab: {
+            "attribute": (rng.random((n, 1)) < p_attr[lab]).astype(float),
+            "utility": (rng.random((n, 1)) < p_util[lab]).astype(float),
+        }
+        for lab in kinds
+    }
+    frame = pd.DataFrame(
+        [
+            {
+                "kind": kinds[lab],
+                "label": lab,
+                "attribute": float(items[lab]["attribute"].mean()),
+                "utility": float(items[lab]["utility"].mean()),
+                "degenerate": 0.0,
+                "degenerate_flag": False,
+            }
+            for lab in kinds
+        ]
+    )
+    run = Run(config={"behaviour": "safety", "model": "m"}, results=frame, plans={"e1": object()}, items=items)  # type: ignore[dict-item]
+    table = summary_table(run)
+    assert list(table.columns) == list(SUMMARY_COLUMNS) and len(table) == 3
+    utility, kl, point = (table.iloc[i] for i in range(3))
+    gap = run.frontier_gap()
+    assert gap is not None and utility["compared"].startswith("matched utility")
+    # the frontiers' means differ by the gap; the interval is the run's bootstrap
+    edit, steer = float(utility["Steer2Edit"]), float(utility["steering"])
+    assert edit - steer == pytest.approx(gap.gap.mean, abs=2e-3)
+    assert utility["difference [95% interval]"] == (
+        f"{gap.gap.mean:+.3f} [{gap.interval.low:+.3f}, {gap.interval.high:+.3f}]"
+    )
+    # no per-text KL was recorded: that comparison says so instead of a number
+    assert kl["compared"] == "matched KL" and kl["verdict"] == "not recorded per item: not compared"
+    # the operating point: e1 against the strongest steering with utility >= e1's
+    best_steer = max(
+        (
+            lab
+            for lab in kinds
+            if kinds[lab] == "steer"
+            and frame.set_index("label").loc[lab, "utility"] >= frame.set_index("label").loc["e1", "utility"]
+        ),
+        key=lambda lab: frame.set_index("label").loc[lab, "attribute"],
+    )
+    assert best_steer in point["compared"] and "e1" in point["compared"]
+    diff = items["e1"]["attribute"].mean() - items[best_steer]["attribute"].mean()
+    assert point["difference [95% interval]"].startswith(f"{diff:+.3f} [")
+    assert float(point["Steer2Edit"]) == pytest.approx(items["e1"]["attribute"].mean(), abs=5e-4)
+    low, high = (float(x) for x in point["difference [95% interval]"].split("[")[1].rstrip("]").split(","))
+    words = "Steer2Edit ahead" if low > 0 else "steering ahead" if high < 0 else "no difference can be claimed"
+    assert point["verdict"] == words

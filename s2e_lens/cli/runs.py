@@ -301,7 +301,7 @@ def run_cmd(
     Example: s2e run safety --model smollm2-135m-instruct --out runs/demo
     """
     from s2e_lens.experiments.pipelines import main_job
-    from s2e_lens.reporting.report import headline
+    from s2e_lens.reporting.report import headline, summary_table
 
     config = RunConfig.preset(
         behaviour,
@@ -359,6 +359,8 @@ def run_cmd(
         )
         return
     _, lines = headline(result)
+    typer.echo(summary_table(result).to_markdown(index=False, disable_numparse=True, tablefmt="simple"))
+    typer.echo("")
     typer.echo("\n".join(line.replace("**", "") for line in lines))
     typer.echo(f"\nfinished in {time.perf_counter() - started:.0f} s")
     if result.speed:

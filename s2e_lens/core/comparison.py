@@ -113,9 +113,19 @@ class FrontierGap:
     mean: float  # the mean attribute difference over that range
     largest: float  # the largest difference (by absolute value) and the utility where it occurs
     at: float
+    edit_mean: float = math.nan  # each frontier's mean attribute over the range (mean = their difference)
+    steering_mean: float = math.nan
 
     def to_dict(self) -> dict[str, float]:
-        return {"low": self.low, "high": self.high, "mean": self.mean, "largest": self.largest, "at": self.at}
+        return {
+            "low": self.low,
+            "high": self.high,
+            "mean": self.mean,
+            "largest": self.largest,
+            "at": self.at,
+            "edit_mean": self.edit_mean,
+            "steering_mean": self.steering_mean,
+        }
 
 
 def frontier_gap(steering: Sequence[Point], edits: Sequence[Point], n_grid: int = 201) -> FrontierGap | None:
@@ -128,6 +138,8 @@ def frontier_gap(steering: Sequence[Point], edits: Sequence[Point], n_grid: int 
     >>> g = frontier_gap(steer, edit)  # shared range [0.4, 0.6]: 0.7 - 0.7 up to 0.65 - 0.5
     >>> round(g.low, 2), round(g.high, 2), round(g.mean, 3), round(g.largest, 3), round(g.at, 2)
     (0.4, 0.6, 0.075, 0.15, 0.6)
+    >>> round(g.edit_mean, 3), round(g.steering_mean, 3)  # edit 0.7 -> 0.65, steering 0.7 -> 0.5
+    (0.675, 0.6)
     """
     fs, fe = pareto_frontier(steering), pareto_frontier(edits)
     if not fs or not fe:
@@ -138,9 +150,12 @@ def frontier_gap(steering: Sequence[Point], edits: Sequence[Point], n_grid: int 
         return None
     # both ends exactly (a rounded end just past a frontier's last point would read as nan)
     grid = [low] if high == low else [low + (high - low) * i / (n_grid - 1) for i in range(n_grid - 1)] + [high]
-    diffs = [frontier_attribute(fe, u) - frontier_attribute(fs, u) for u in grid]
+    edit = [frontier_attribute(fe, u) for u in grid]
+    steer = [frontier_attribute(fs, u) for u in grid]
+    diffs = [e - s for e, s in zip(edit, steer, strict=True)]
     k = max(range(len(diffs)), key=lambda i: abs(diffs[i]))
-    return FrontierGap(low, high, sum(diffs) / len(diffs), diffs[k], grid[k])
+    n = len(grid)
+    return FrontierGap(low, high, sum(diffs) / n, diffs[k], grid[k], sum(edit) / n, sum(steer) / n)
 
 
 # label -> {"attribute" | "utility" | "kl": per-item rows (per text and position for "kl")}

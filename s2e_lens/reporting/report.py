@@ -120,6 +120,73 @@ def _table(frame: pd.DataFrame) -> pd.DataFrame:
     return out.astype(object).map(_fmt)
 
 
+SUMMARY_COLUMNS = ("compared", "Steer2Edit", "steering", "difference [95% interval]", "verdict")
+
+
+def _short_verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "Steer2Edit ahead"
+    if high < 0:
+        return "steering ahead"
+    return "no difference can be claimed"
+
+
+def summary_table(run: Run) -> pd.DataFrame:
+    """The answer in one small table: Steer2Edit against steering at matched utility, at
+    matched KL (each over the range both frontiers reach: the frontiers' mean attributes there
+    and their paired difference), and at the paper's operating point (its best edit against
+    the strongest steering with at least its utility). A comparison the run cannot make says
+    why."""
+    rows: list[dict[str, str]] = []
+    for name, estimate, unit in (
+        ("matched utility", run.frontier_gap(), "utility"),
+        ("matched KL", run.kl_gap(), "KL"),
+    ):
+        if estimate is None:
+            key = "utility" if unit == "utility" else "kl"
+            recorded = bool(run.items) and all(key in scores for scores in run.items.values())
+            why = "the frontiers share no range: not compared" if recorded else "not recorded per item: not compared"
+            rows.append(dict(zip(SUMMARY_COLUMNS, (name, "", "", "", why), strict=True)))
+            continue
+        g, iv = estimate.gap, estimate.interval
+        where = f"{g.low:.3f} to {g.high:.3f}" if unit == "utility" else f"{-g.high:.3f} to {-g.low:.3f}"
+        rows.append(
+            dict(
+                zip(
+                    SUMMARY_COLUMNS,
+                    (
+                        f"{name} ({unit} {where}; frontier means)",
+                        f"{g.edit_mean:.3f}",
+                        f"{g.steering_mean:.3f}",
+                        f"{g.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]",
+                        _short_verdict(iv.low, iv.high),
+                    ),
+                    strict=True,
+                )
+            )
+        )
+    point = run.operating_point()
+    if point is not None:
+        by_label = run.results.set_index("label")["attribute"]
+        d = point["difference"]
+        rows.append(
+            dict(
+                zip(
+                    SUMMARY_COLUMNS,
+                    (
+                        f"paper's operating point ({point['edit']} vs {point['steering']})",
+                        f"{by_label[point['edit']]:.3f}",
+                        f"{by_label[point['steering']]:.3f}",
+                        f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                        _short_verdict(d["low"], d["high"]),
+                    ),
+                    strict=True,
+                )
+            )
+        )
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
 def headline(run: Run) -> tuple[pd.DataFrame, list[str]]:
     """The rows to set side by side (unedited, best edit, matched steering) and the result
     sentences (Markdown bold marks the names and the gains)."""
@@ -240,6 +307,7 @@ def build(
             **context,
             pngs=pngs,
             browser_hint=figures.BROWSER_HINT,
+            summary_table=summary_table(run).to_markdown(index=False, disable_numparse=True),
             headline_table=_table(rows).to_markdown(index=False, disable_numparse=True),
             results_table=_table(run.results).to_markdown(index=False, disable_numparse=True),
             matched_table=_matched(run).to_markdown(index=False, disable_numparse=True) if len(_matched(run)) else "",
@@ -255,6 +323,7 @@ def build(
                 Markup(fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=f"fig-{stem}"))
                 for i, (stem, fig) in enumerate(figs.items())
             ],
+            summary_table=Markup(summary_table(run).to_html(index=False)),
             headline_table=Markup(_table(rows).to_html(index=False)),
             results_table=Markup(_table(run.results).to_html(index=False)),
             matched_table=Markup(_matched(run).to_html(index=False)) if len(_matched(run)) else "",
