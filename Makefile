@@ -56,7 +56,7 @@ export S2E_DATA
 INSTALL_CHROMIUM ?= ask
 
 .PHONY: demo test lint coverage install models browser clean-cache lock lock-check test-latest \
-        test-oldest check-wheel weights-check
+        test-oldest check-wheel weights-check docs
 
 $(VENV)/.created:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -113,6 +113,11 @@ TEST_WORKERS ?= 2
 test: models browser
 	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist worksteal
 
+# the documentation site (mkdocs.yml: docs/, the API reference from the docstrings, figures/)
+# into site/, strict: a broken link, anchor or reference fails the build
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 # what CI runs before the tests: lint (ruff, with the formatter's check) and types (mypy)
 lint: install
 	$(VENV)/bin/ruff check s2e_lens tests scripts
@@ -137,7 +142,7 @@ lock: $(TOOLS)/.uv-$(UV_VERSION)
 	    | sed -n -E 's/^(torch|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==.*/\1/p'); \
 	test -n "$$stack" || { echo "error: could not resolve torch==$(TORCH_VERSION) on $(LOCK_INDEX)"; exit 1; }; \
 	echo "lock: left out (installed per machine): $$(echo $$stack)"; \
-	echo 'torch==$(TORCH_VERSION)' | $(UV_COMPILE) pyproject.toml - --extra test --upgrade --generate-hashes \
+	echo 'torch==$(TORCH_VERSION)' | $(UV_COMPILE) pyproject.toml - --extra test --extra docs --upgrade --generate-hashes \
 	    $$(for p in $$stack; do printf -- '--no-emit-package %s ' $$p; done) \
 	    --custom-compile-command 'make lock' -o $(LOCK_OUT)
 

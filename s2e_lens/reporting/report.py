@@ -149,13 +149,13 @@ def summary_table(run: Run) -> pd.DataFrame:
             rows.append(dict(zip(SUMMARY_COLUMNS, (name, "", "", "", why), strict=True)))
             continue
         g, iv = estimate.gap, estimate.interval
-        where = f"{g.low:.3f} to {g.high:.3f}" if unit == "utility" else f"{-g.high:.3f} to {-g.low:.3f}"
+        where = f"{g.low:.3f}-{g.high:.3f}" if unit == "utility" else f"{-g.high:.3f}-{-g.low:.3f} nats/token"
         rows.append(
             dict(
                 zip(
                     SUMMARY_COLUMNS,
                     (
-                        f"{name} ({unit} {where}; frontier means)",
+                        f"{name} ({where})",
                         f"{g.edit_mean:.3f}",
                         f"{g.steering_mean:.3f}",
                         f"{g.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]",
@@ -174,7 +174,7 @@ def summary_table(run: Run) -> pd.DataFrame:
                 zip(
                     SUMMARY_COLUMNS,
                     (
-                        f"paper's operating point ({point['edit']} vs {point['steering']})",
+                        f"paper's operating point: {point['edit']} vs {point['steering']}",
                         f"{by_label[point['edit']]:.3f}",
                         f"{by_label[point['steering']]:.3f}",
                         f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
