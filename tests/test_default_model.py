@@ -96,8 +96,9 @@ def test_greedy_chat_answer_is_correct(default_model) -> None:
 
 @pytest.mark.slow
 def test_readme_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's five-line quickstart, executed verbatim; the exported checkpoint must carry
-    the plan's edit and reload with plain transformers."""
+    """The README's five-line quickstart, executed verbatim (the exported checkpoint must carry
+    the plan's edit and reload with plain transformers), then every other Python block of the
+    README in the same session, as written."""
     import re
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -109,9 +110,17 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.M
     scope: dict = {}
     exec(compile(code, "README quickstart", "exec"), scope)
     plan, model = scope["plan"], scope["model"]
+    # every other Python block of the README runs after it, as written, in the same session
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks[0] == code and len(blocks) >= 2
+    with torch.no_grad():
+        ids = torch.tensor([model.tokenizer("The capital of France is")["input_ids"]])
+        edited_logits = model.hf_model(input_ids=ids).logits.clone()  # before the later blocks revert the edit
     assert plan.n_edited["heads"] > 0
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "smollm2-refusal")
-    ids = torch.tensor([model.tokenizer("The capital of France is")["input_ids"]])
     with torch.no_grad():
-        assert torch.allclose(exported(input_ids=ids).logits, model.hf_model(input_ids=ids).logits, atol=1e-4)
+        assert torch.allclose(exported(input_ids=ids).logits, edited_logits, atol=1e-4)
     assert len(model.applied_plans) == 1  # the quickstart's own model carries the one applied plan
+    for k, later in enumerate(blocks[1:], start=2):
+        exec(compile(later, f"README Python block {k}", "exec"), scope)
+    assert model.applied_plans == [] and model.steering == []  # the second block reverts, steering left on exit
