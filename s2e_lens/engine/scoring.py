@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import torch
 from jaxtyping import Float
@@ -26,6 +26,7 @@ from s2e_lens.errors import InvalidInputError
 from s2e_lens.models.loaded import LoadedModel
 from s2e_lens.models.tokens import encode_prompt, encode_response, pad, pad_token_id
 
+T = TypeVar("T")
 DEFAULT_BATCH_SIZE = 16  # on the CPU
 # shared contexts: a context pass takes this many times the batch size of contexts (they are
 # short and keep one logit row each), so that their continuations can be sorted by length
@@ -91,26 +92,64 @@ def continuation_logprobs(
     batch_size: BatchSize = None,
     progress: bool = False,
     rows: RowSlots | None = None,
-    share_contexts: bool = True,
 ) -> Iterator[tuple[int, Float[torch.Tensor, "n_cont vocab"]]]:
     """For each (context, continuation) pair of token ids, the log-softmax over the vocabulary
     at the positions that predict the continuation's tokens. Yields ``(index, logprobs)`` in
-    batches (not in input order). Left padding with explicit position ids, so a padded row
-    computes exactly what it would alone; logits only where they are needed. ``rows`` gives
-    each pair its own intervention (a mixed batch).
-
-    Pairs that share a context (a multiple-choice item's choices) run it once
-    (``share_contexts``): the contexts in one pass with a KV cache, copied to each of their
-    continuations, then the continuations in a second pass. The result is the same as
-    running each pair whole, up to float rounding; a model with a sliding attention window
-    shorter than the longest text scores every pair whole. A batch holds at most
-    ``batch_size`` continuations or ``CONTEXTS_PER_BATCH`` times as many contexts (on
-    accelerators, "auto": as many as fit)."""
+    batches sorted by length (not in input order). Left padding with explicit position ids, so
+    a padded row computes exactly what it would alone; logits only where they are needed.
+    ``rows`` gives each pair its own intervention (a mixed batch). Each pair runs whole: full
+    vocabulary rows are kept for at most ``batch_size`` pairs at a time."""
     if model.shared is not None:
         raise InvalidInputError(
             "continuation_logprobs keeps every row's full-vocabulary log-probabilities; in shared "
             "batches use score_continuations or a KLReference, which reduce them as they go"
         )
+    yield from _scored(model, pairs, lambda i, logp: logp, batch_size, progress, rows, share=False)
+
+
+def continuation_token_logprobs(
+    model: LoadedModel,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: BatchSize = None,
+    progress: bool = False,
+    rows: RowSlots | None = None,
+    share_contexts: bool = True,
+) -> Iterator[tuple[int, Float[torch.Tensor, " n_cont"]]]:
+    """For each (context, continuation) pair, the log-probability of each continuation token.
+    Yields ``(index, logprobs)`` in batches (not in input order).
+
+    Pairs that share a context (a multiple-choice item's choices) run it once
+    (``share_contexts``): the contexts in one pass with a KV cache, each continuation then on
+    its context's rows of it, sorted by length into batches that pad little. The result is the
+    same as running each pair whole, up to float rounding; a model with a sliding attention
+    window shorter than the longest text scores every pair whole. A batch holds at most
+    ``batch_size`` continuations or ``CONTEXTS_PER_BATCH`` times as many contexts (on
+    accelerators, "auto": as many as fit); each continuation's full-vocabulary rows are
+    reduced to its tokens' log-probabilities as its batch finishes."""
+    if model.shared is not None:
+        raise InvalidInputError("in shared batches use score_continuations")
+
+    def gather(i: int, logp: torch.Tensor) -> torch.Tensor:
+        cont = torch.tensor(pairs[i][1], device=logp.device)
+        return logp.gather(-1, cont[:, None])[:, 0]
+
+    yield from _scored(model, pairs, gather, batch_size, progress, rows, share=share_contexts)
+
+
+def _scored(
+    model: LoadedModel,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    reduce: Callable[[int, torch.Tensor], T],
+    batch_size: BatchSize,
+    progress: bool,
+    rows: RowSlots | None,
+    *,
+    share: bool,
+) -> Iterator[tuple[int, T]]:
+    """``reduce(index, logprobs)`` of each pair, where ``logprobs`` are the pair's
+    full-vocabulary rows at the positions that predict its continuation; each batch reduces its
+    pairs before the next runs (see :func:`continuation_token_logprobs` for ``share``)."""
     pad_id = pad_token_id(model.tokenizer)
     for i, (ctx, cont) in enumerate(pairs):
         if not cont:
@@ -122,13 +161,13 @@ def continuation_logprobs(
     device = model.device
     window = _sliding_window(model)
     longest = max((len(c) + len(r) for c, r in pairs), default=0)
-    if share_contexts and (window is None or longest <= window):
+    if share and (window is None or longest <= window):
         groups, alone = shared_contexts(pairs, rows.slots if rows is not None else None)
     else:
         groups, alone = [], list(range(len(pairs)))
     alone.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
 
-    def run(idx: Sequence[int]) -> list[torch.Tensor]:
+    def run(idx: Sequence[int]) -> list[T]:
         # left padding: every continuation ends at the last position
         batch = pad([pairs[i][0] + pairs[i][1] for i in idx], pad_id, "left")
         keep = max(len(pairs[i][1]) for i in idx) + 1  # logits only where a continuation is predicted
@@ -141,9 +180,9 @@ def continuation_logprobs(
                 logits_to_keep=keep,
             ).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep - 1 tokens
-        return [logp[row, logp.shape[1] - len(pairs[i][1]) :] for row, i in enumerate(idx)]
+        return [reduce(i, logp[row, logp.shape[1] - len(pairs[i][1]) :]) for row, i in enumerate(idx)]
 
-    def run_shared(chunk: Sequence[list[int]]) -> list[torch.Tensor]:
+    def run_shared(chunk: Sequence[list[int]]) -> list[T]:
         """The chunk's contexts in one pass, then their continuations, longest last, in
         batches of at most ``size``, each on its own rows of the contexts' cache."""
         heads = [g[0] for g in chunk]
@@ -162,7 +201,7 @@ def continuation_logprobs(
             owner_of = {i: k for k, g in enumerate(chunk) for i in g}
             members = sorted(owner_of, key=lambda i: len(pairs[i][1]))
             per_batch = len(members) if size == "auto" else size
-            got: dict[int, torch.Tensor] = {}
+            got: dict[int, T] = {}
             for lo in range(0, len(members), per_batch):
                 part = members[lo : lo + per_batch]
                 owner = torch.tensor([owner_of[i] for i in part], device=device)
@@ -178,7 +217,8 @@ def continuation_logprobs(
                     ).logits.float()
                 rest = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts each continuation's later tokens
                 for row, i in enumerate(part):
-                    got[i] = torch.cat([first[owner[row]][None], rest[row, : len(pairs[i][1]) - 1]])
+                    got[i] = reduce(i, torch.cat([first[owner[row]][None], rest[row, : len(pairs[i][1]) - 1]]))
+                del logits, rest
         return [got[i] for g in chunk for i in g]
 
     size = resolve(batch_size, model.device, DEFAULT_BATCH_SIZE)
@@ -206,9 +246,8 @@ def score_continuations(
     if model.shared is not None:
         return cast(list[Scored], model.shared.score(pairs, batch_size))
     out: list[Scored | None] = [None] * len(pairs)
-    for i, logp in continuation_logprobs(model, pairs, batch_size=batch_size, progress=progress, rows=rows):
-        cont = torch.tensor(pairs[i][1], device=logp.device)
-        out[i] = Scored(float(logp.gather(-1, cont[:, None]).sum()), len(pairs[i][1]))
+    for i, logp in continuation_token_logprobs(model, pairs, batch_size=batch_size, progress=progress, rows=rows):
+        out[i] = Scored(float(logp.sum()), len(pairs[i][1]))
     return [s for s in out if s is not None]
 
 
