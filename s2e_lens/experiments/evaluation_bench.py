@@ -106,9 +106,7 @@ class EvaluationBench:
             f"{len(self.interventions)} interventions ({', '.join(self.interventions)})"
         ]
         for mode, m in self.modes.items():
-            parts = ", ".join(
-                f"{k} {m[k]:.1f} s ({m[k] / m['seconds']:.0%})" for k in ("generate", "score", "kl", "other") if k in m
-            )
+            parts = ", ".join(f"{k} {m[k]:.1f} s ({m[k] / m['seconds']:.0%})" for k in (*PARTS, "other") if k in m)
             out.append(
                 f"  {mode:22s} {m['seconds']:7.1f} s, {int(m['tokens']):,} tokens = "
                 f"{m['tokens'] / m['seconds']:6.1f} tokens/s of evaluation; {parts}"

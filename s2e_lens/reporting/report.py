@@ -137,32 +137,22 @@ def summary_table(run: Run) -> pd.DataFrame:
     and their paired difference), and at the paper's operating point (its best edit against
     the strongest steering with at least its utility). A comparison the run cannot make says
     why."""
-    rows: list[dict[str, str]] = []
-    for name, estimate, unit in (
-        ("matched utility", run.frontier_gap(), "utility"),
-        ("matched KL", run.kl_gap(), "KL"),
-    ):
+    rows: list[tuple[str, str, str, str, str]] = []
+    for name, estimate, key in (("matched utility", run.frontier_gap(), "utility"), ("matched KL", run.kl_gap(), "kl")):
         if estimate is None:
-            key = "utility" if unit == "utility" else "kl"
             recorded = bool(run.items) and all(key in scores for scores in run.items.values())
             why = "the frontiers share no range: not compared" if recorded else "not recorded per item: not compared"
-            rows.append(dict(zip(SUMMARY_COLUMNS, (name, "", "", "", why), strict=True)))
+            rows.append((name, "", "", "", why))
             continue
         g, iv = estimate.gap, estimate.interval
-        where = f"{g.low:.3f}-{g.high:.3f}" if unit == "utility" else f"{-g.high:.3f}-{-g.low:.3f} nats/token"
+        where = f"{g.low:.3f}-{g.high:.3f}" if key == "utility" else f"{-g.high:.3f}-{-g.low:.3f} nats/token"
         rows.append(
-            dict(
-                zip(
-                    SUMMARY_COLUMNS,
-                    (
-                        f"{name} ({where})",
-                        f"{g.edit_mean:.3f}",
-                        f"{g.steering_mean:.3f}",
-                        f"{g.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]",
-                        _short_verdict(iv.low, iv.high),
-                    ),
-                    strict=True,
-                )
+            (
+                f"{name} ({where})",
+                f"{g.edit_mean:.3f}",
+                f"{g.steering_mean:.3f}",
+                f"{g.mean:+.3f} [{iv.low:+.3f}, {iv.high:+.3f}]",
+                _short_verdict(iv.low, iv.high),
             )
         )
     point = run.operating_point()
@@ -170,18 +160,12 @@ def summary_table(run: Run) -> pd.DataFrame:
         by_label = run.results.set_index("label")["attribute"]
         d = point["difference"]
         rows.append(
-            dict(
-                zip(
-                    SUMMARY_COLUMNS,
-                    (
-                        f"paper's operating point: {point['edit']} vs {point['steering']}",
-                        f"{by_label[point['edit']]:.3f}",
-                        f"{by_label[point['steering']]:.3f}",
-                        f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
-                        _short_verdict(d["low"], d["high"]),
-                    ),
-                    strict=True,
-                )
+            (
+                f"paper's operating point: {point['edit']} vs {point['steering']}",
+                f"{by_label[point['edit']]:.3f}",
+                f"{by_label[point['steering']]:.3f}",
+                f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                _short_verdict(d["low"], d["high"]),
             )
         )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
