@@ -215,6 +215,8 @@ def bench_evaluate(
     prepared = prepare(config, model, progress=progress)
     suite, stats = prepared.suite, prepared.stats
     assert suite.kl_reference is not None
+    if not suite.shareable:  # before the screening and the evaluations
+        raise InvalidInputError(f"{behaviour}'s suite does not run in shared batches: nothing to compare")
     vectors = SteeringVectors.from_statistics(stats)
     settings = interventions.grid(config.rho_attn, config.rho_mlp, config.alpha, **config.edit_variant())
     candidates = interventions.edit_candidates(model, stats, settings)
@@ -223,8 +225,6 @@ def bench_evaluate(
     result = EvaluationBench(model.card.name, behaviour, ["unedited"] + [i.label for i in evaluated])
 
     # 1. the main job's evaluation, one intervention at a time and in shared batches
-    if not suite.shareable:
-        raise InvalidInputError(f"{behaviour}'s suite does not run in shared batches: nothing to compare")
     parts: dict[str, float] = {}
     timed_suite = _TimedSuite.of(suite, parts)
     alone, seconds = _timed(lambda: sweep.run(model, timed_suite, evaluated, progress=progress, shared=False))
